@@ -1,0 +1,23 @@
+"""Command-line entry: ``fire`` for arguments, one clear line and exit code 2 for bad input."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import fire
+
+from bundle.errors import DataError
+
+__all__ = ["run_cli"]
+
+
+def run_cli(component: Any) -> None:
+    """Run ``component`` with fire; a ``DataError`` prints ``error: <file>: <problem>`` and exits 2."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        fire.Fire(component)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

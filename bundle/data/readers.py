@@ -1,0 +1,168 @@
+"""Readers for scans and liver masks in the containers real data comes in.
+
+Images: NIfTI, NRRD, MetaImage files, or a folder holding one DICOM series.
+Masks: the same file formats, a DICOM series, or a folder of 2D PNG slices (CHAOS ``Ground/``).
+Every reader validates what it returns (3D, finite, one channel) and raises ``DataError``
+naming the file, so a bad case fails early with a message a user can act on.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from bundle.errors import DataError
+
+__all__ = ["Volume", "read_image", "read_mask", "natural_key", "IMAGE_SUFFIXES"]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclass
+class Volume:
+    """A 3D image read from ``path``; ``slice_files`` lists a DICOM series' files in ITK slice order."""
+
+    image: sitk.Image
+    path: Path
+    slice_files: list[Path] | None = None
+
+
+def natural_key(name: str | Path) -> list:
+    """Sort key that orders ``slice_2`` before ``slice_10``."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(name))]
+
+
+def _first_line(error: Exception) -> str:
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    # ITK messages start with a source location; the last line says what went wrong.
+    return lines[-1] if lines else type(error).__name__
+
+
+def _read_dicom_series(folder: Path) -> Volume:
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise DataError(folder, "no DICOM series found in this folder")
+    files_per_series = {sid: reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series}
+    sid = max(files_per_series, key=lambda s: len(files_per_series[s]))
+    if len(series) > 1:
+        logger.warning("%s holds %d DICOM series; using %s (%d files)", folder, len(series), sid, len(files_per_series[sid]))
+    files = list(files_per_series[sid])
+    reader.SetFileNames(files)
+    try:
+        image = reader.Execute()
+    except RuntimeError as e:
+        raise DataError(folder, f"DICOM series cannot be read: {_first_line(e)}") from e
+    return Volume(image, folder, [Path(f) for f in files])
+
+
+def _read_file(path: Path) -> sitk.Image:
+    if not any(path.name.lower().endswith(s) for s in IMAGE_SUFFIXES + (".dcm",)):
+        raise DataError(path, f"unsupported file type; expected one of {', '.join(IMAGE_SUFFIXES)} or a DICOM folder")
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise DataError(path, f"cannot be read (corrupt or truncated?): {_first_line(e)}") from e
+
+
+def _check_volume(image: sitk.Image, path: Path) -> None:
+    """A usable volume is 3D with more than one slice, one channel, and finite values."""
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise DataError(path, f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; one channel is expected")
+    size = image.GetSize()
+    if image.GetDimension() != 3:
+        raise DataError(path, f"is {image.GetDimension()}D (size {size}); a 3D volume is expected")
+    if min(size) < 2:
+        raise DataError(path, f"is 2D (size {size}); a 3D volume with several slices is expected")
+    array = sitk.GetArrayViewFromImage(image)
+    if array.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise DataError(path, f"has {bad} NaN or infinite voxels")
+
+
+def read_image(path: str | Path) -> Volume:
+    """Read a 3D scan from a file or a DICOM series folder, raising ``DataError`` on bad input."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, "does not exist")
+    volume = _read_dicom_series(path) if path.is_dir() else Volume(_read_file(path), path)
+    _check_volume(volume.image, path)
+    return volume
+
+
+def _png_slices(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() == ".png"), key=natural_key)
+
+
+def _dicom_instance_order(files: list[Path]) -> list[int]:
+    """Indices into ``files`` ordered by DICOM InstanceNumber (file name breaks ties)."""
+
+    def instance(f: Path) -> tuple:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(f))
+        reader.ReadImageInformation()
+        key = "0020|0013"
+        number = int(reader.GetMetaData(key).strip() or 0) if reader.HasMetaDataKey(key) else 0
+        return (number, natural_key(f.name))
+
+    keys = [instance(f) for f in files]
+    return sorted(range(len(files)), key=keys.__getitem__)
+
+
+def _read_png_stack(folder: Path, reference: Volume) -> sitk.Image:
+    """Stack 2D PNG masks onto the reference grid.
+
+    PNGs carry no geometry. The convention of CHAOS (and of most exported PNG masks) is that
+    the k-th PNG belongs to the k-th DICOM file in acquisition (InstanceNumber) order, so each
+    PNG is placed at that file's slice; for a non-DICOM reference the k-th PNG is slice k.
+    """
+    pngs = _png_slices(folder)
+    depth = reference.image.GetSize()[2]
+    if len(pngs) != depth:
+        raise DataError(folder, f"has {len(pngs)} PNG slices but the image {reference.path} has {depth} slices")
+    if reference.slice_files is not None:
+        slice_of_png = _dicom_instance_order(reference.slice_files)
+    else:
+        slice_of_png = list(range(depth))
+    rows, cols = reference.image.GetSize()[1], reference.image.GetSize()[0]
+    stack = np.zeros((depth, rows, cols), dtype=np.uint8)
+    for png, z in zip(pngs, slice_of_png):
+        try:
+            plane = sitk.GetArrayFromImage(sitk.ReadImage(str(png)))
+        except RuntimeError as e:
+            raise DataError(png, f"cannot be read as PNG: {_first_line(e)}") from e
+        if plane.ndim == 3:  # RGB(A) export of a grey mask: any channel holds the labels
+            plane = plane[..., 0]
+        if plane.shape != (rows, cols):
+            raise DataError(png, f"is {plane.shape[1]}x{plane.shape[0]} pixels but the image slices are {cols}x{rows}")
+        stack[z] = plane
+    mask = sitk.GetImageFromArray(stack)
+    mask.CopyInformation(reference.image)
+    return mask
+
+
+def read_mask(path: str | Path, reference: Volume) -> sitk.Image:
+    """Read a label map (file, DICOM series, or PNG slice folder) in its own geometry.
+
+    ``reference`` is the image the mask belongs to; it gives PNG stacks their geometry.
+    The result still has to be aligned to the image (``bundle.data.prepare.align_mask``).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, "does not exist")
+    if path.is_dir() and _png_slices(path):
+        mask = _read_png_stack(path, reference)
+    else:
+        mask = read_image(path).image
+    values = sitk.GetArrayViewFromImage(mask)
+    if values.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
+        raise DataError(path, "holds non-integer values; a label map is expected")
+    return mask

@@ -1,0 +1,20 @@
+"""`make demo`: the whole pipeline as far as it exists, on built-in phantoms, on CPU.
+
+    python scripts/demo.py --out demo_output
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bundle.cli import run_cli  # noqa: E402
+from bundle.demo import run_demo  # noqa: E402
+
+
+def main(out: str = "demo_output", n_ct: int = 6, n_mr: int = 6, size: int = 96, seed: int = 0) -> None:
+    run_demo(out, n_ct=n_ct, n_mr=n_mr, size=size, seed=seed)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,37 @@
+"""Prepare real scans for the pipeline: NIfTI image + binary liver mask on its grid, and a datalist.
+
+    python scripts/prepare_data.py case --image IMG --mask MASK --out DIR --name NAME [--liver_label K]
+    python scripts/prepare_data.py chaos --root ROOT --out DIR
+    python scripts/prepare_data.py datalist --source DIR --target DIR [--target_test DIR] --out FILE
+"""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bundle.cli import run_cli  # noqa: E402
+from bundle.data import prepare  # noqa: E402
+
+
+class PrepareData:
+    """Data preparation commands (see ``bundle/data/prepare.py``)."""
+
+    def case(self, image: str, mask: str, out: str, name: str, liver_label: int | None = None) -> None:
+        """One scan: IMG (NIfTI/NRRD/MHA file or DICOM folder) + MASK (file, DICOM folder or PNG folder)."""
+        print(json.dumps(prepare.prepare_case(image, mask, out, name, liver_label)))
+
+    def chaos(self, root: str, out: str) -> None:
+        """Every case of a CHAOS training-set folder (CT/<id>, MR/<id>/T1DUAL|T2SPIR)."""
+        for summary in prepare.prepare_chaos(root, out):
+            print(json.dumps(summary))
+
+    def datalist(self, source: str, target: str, out: str, target_test: str | None = None) -> None:
+        """Datalist JSON: labelled source, unlabelled target, optional labelled target_test."""
+        datalist = prepare.make_datalist(source, target, out, target_test)
+        print(f"{out}: " + ", ".join(f"{k}={len(v)}" for k, v in datalist.items()))
+
+
+if __name__ == "__main__":
+    run_cli(PrepareData)

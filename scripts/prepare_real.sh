@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Prepare every scan of the shared real-data folder with the documented CLI, then the datalist.
+#   bash scripts/prepare_real.sh [REAL=../shared/data/real] [OUT=data/real]
+# OUT/ct: labelled CT source subjects (one file per person); OUT/mr_t2: CHAOS T2-SPIR MR target
+# (its labels serve evaluation only); OUT/extra: scans that duplicate a subject or whose masks
+# are model predictions (TotalSegmentator MR), prepared to show the formats work.
+set -euo pipefail
+REAL=${1:-../shared/data/real}
+OUT=${2:-data/real}
+PY=${PYTHON:-.venv/bin/python}
+prep() { "$PY" scripts/prepare_data.py case "$@"; }
+
+prep --image "$REAL/chaos_ct/1/DICOM_anon" --mask "$REAL/chaos_ct/1/Ground" --out "$OUT/ct" --name chaos_ct_1
+prep --image "$REAL/totalseg/example_ct.nii.gz" --mask "$REAL/totalseg/example_seg_fast_force_split.nii.gz" --liver_label 5 --out "$OUT/ct" --name totalseg_ct
+prep --image "$REAL/totalseg/example_ct_dicom" --mask "$REAL/totalseg/example_seg_dicom.nii.gz" --liver_label 5 --out "$OUT/ct" --name totalseg_ct_dicom
+prep --image "$REAL/dcmqi_ct3" --mask "$REAL/dcmqi_ct3/liver_seg.nrrd" --out "$OUT/ct" --name dcmqi_ct3
+prep --image "$REAL/totalseg/example_ct_sm.nii.gz" --mask "$REAL/totalseg/example_seg.nii.gz" --liver_label 5 --out "$OUT/extra" --name totalseg_ct_sm
+prep --image "$REAL/totalseg/example_mr_sm.nii.gz" --mask "$REAL/totalseg/example_seg_mr.nii.gz" --liver_label 5 --out "$OUT/extra" --name totalseg_mr_sm
+for image in "$REAL"/chaos_mr_t2/image_*.nii.gz; do
+  id=$(basename "$image" .nii.gz); id=${id#image_}
+  prep --image "$image" --mask "$REAL/chaos_mr_t2/label_$id.nii.gz" --liver_label 1 --out "$OUT/mr_t2" --name "chaos_mr_t2_$id"
+done
+"$PY" scripts/prepare_data.py datalist --source "$OUT/ct" --target "$OUT/mr_t2" --target_test "$OUT/mr_t2" --out "$OUT/datalist.json"
