@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
@@ -63,13 +64,29 @@ def _read_dicom_series(folder: Path) -> Volume:
     return Volume(image, folder, [Path(f) for f in files])
 
 
+def _check_nifti_payload(path: Path) -> None:
+    """ITK's NIfTI reader zero-fills a truncated file and turns NaN into 0; nibabel reports both."""
+    try:
+        data = np.asanyarray(nib.load(path).dataobj)
+    except Exception as e:  # nibabel raises EOFError, zlib, ValueError... for damaged files
+        raise DataError(path, f"cannot be read (corrupt or truncated?): {' '.join(str(e).split())}") from e
+    if data.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        if bad:
+            raise DataError(path, f"has {bad} NaN or infinite voxels")
+
+
 def _read_file(path: Path) -> sitk.Image:
-    if not any(path.name.lower().endswith(s) for s in IMAGE_SUFFIXES + (".dcm",)):
+    name = path.name.lower()
+    if not any(name.endswith(s) for s in IMAGE_SUFFIXES + (".dcm",)):
         raise DataError(path, f"unsupported file type; expected one of {', '.join(IMAGE_SUFFIXES)} or a DICOM folder")
     try:
-        return sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
     except RuntimeError as e:
         raise DataError(path, f"cannot be read (corrupt or truncated?): {_first_line(e)}") from e
+    if name.endswith((".nii", ".nii.gz")):
+        _check_nifti_payload(path)
+    return image
 
 
 def _check_volume(image: sitk.Image, path: Path) -> None:

@@ -1,0 +1,105 @@
+"""Bad input to the CLIs: one clear error naming the file, exit code 2, nothing half-written."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import run_script
+
+from bundle.atomic import atomic_outputs
+
+
+def write(image: sitk.Image, path: Path) -> Path:
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+@pytest.fixture
+def bad(phantoms, tmp_path) -> dict:
+    """Broken inputs next to a good image and mask."""
+    good_image, good_mask = phantoms / "ct/ct_000_image.nii.gz", phantoms / "ct/ct_000_liver.nii.gz"
+    ct = sitk.ReadImage(str(good_image))
+    raw = gzip.decompress(good_image.read_bytes())
+    (tmp_path / "truncated.nii.gz").write_bytes(gzip.compress(raw[: len(raw) // 3]))
+    (tmp_path / "garbage.nii.gz").write_bytes(np.random.default_rng(0).bytes(5000))
+    (tmp_path / "notes.txt").write_text("not an image")
+    nan = sitk.GetArrayFromImage(ct)
+    nan[3, 10, 10] = np.nan
+    nan_image = sitk.GetImageFromArray(nan)
+    nan_image.CopyInformation(ct)
+    empty = sitk.Image(ct.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(ct)
+    far = sitk.ReadImage(str(good_mask))
+    far.SetOrigin([o + 2000 for o in far.GetOrigin()])
+    (tmp_path / "no_dicom").mkdir()
+    (tmp_path / "few_pngs").mkdir()
+    write(sitk.Image([ct.GetSize()[0], ct.GetSize()[1]], sitk.sitkUInt8), tmp_path / "few_pngs/liver_GT_000.png")
+    (tmp_path / "a_file").write_text("x")
+    return {
+        "good_image": good_image, "good_mask": good_mask, "dir": tmp_path,
+        "truncated": tmp_path / "truncated.nii.gz", "garbage": tmp_path / "garbage.nii.gz", "text": tmp_path / "notes.txt",
+        "2d": write(ct[:, :, 5], tmp_path / "slice2d.nii.gz"), "1slice": write(ct[:, :, 5:6], tmp_path / "one_slice.nii.gz"),
+        "4d": write(sitk.JoinSeries([ct, ct]), tmp_path / "four_d.nii.gz"), "nan": write(nan_image, tmp_path / "nan.nii.gz"),
+        "empty": write(empty, tmp_path / "empty_mask.nii.gz"), "far": write(far, tmp_path / "far_mask.nii.gz"),
+        "no_dicom": tmp_path / "no_dicom", "few_pngs": tmp_path / "few_pngs", "unwritable": tmp_path / "a_file/out",
+    }  # fmt: skip
+
+
+CASES = [
+    # (image, mask, extra args, offending input, words of the problem)
+    ("missing", "good_mask", [], "missing", "does not exist"),
+    ("truncated", "good_mask", [], "truncated", "cannot be read"),
+    ("garbage", "good_mask", [], "garbage", "cannot be read"),
+    ("text", "good_mask", [], "text", "unsupported file type"),
+    ("2d", "good_mask", [], "2d", "is 2D"),
+    ("1slice", "good_mask", [], "1slice", "is 2D"),
+    ("4d", "good_mask", [], "4d", "is 4D"),
+    ("nan", "good_mask", [], "nan", "NaN"),
+    ("no_dicom", "good_mask", [], "no_dicom", "no DICOM series"),
+    ("good_image", "empty", [], "empty", "empty"),
+    ("good_image", "far", [], "far", "does not overlap"),
+    ("good_image", "good_mask", ["--liver_label", "42"], "good_mask", "no voxels with liver label 42"),
+    ("good_image", "few_pngs", [], "few_pngs", "has 1 PNG slices but the image"),
+    ("good_image", "truncated", [], "truncated", "cannot be read"),
+]
+
+
+@pytest.mark.parametrize("image,mask,extra,culprit,problem", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+def test_prepare_case_rejects_bad_input(bad, image, mask, extra, culprit, problem):
+    paths = {**bad, "missing": bad["dir"] / "missing.nii.gz"}
+    out = bad["dir"] / "out"
+    result = run_script("prepare_data.py", "case", "--image", paths[image], "--mask", paths[mask], "--out", out, "--name", "c", *extra)
+    assert result.returncode == 2
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"error: {paths[culprit]}") and problem in error, error
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_unwritable_output_folder_is_named(bad):
+    for script, args in (
+        ("prepare_data.py", ["case", "--image", bad["good_image"], "--mask", bad["good_mask"], "--name", "c", "--out", bad["unwritable"]]),
+        ("make_phantoms.py", ["--n_ct", 1, "--n_mr", 2, "--size", 32, "--out", bad["unwritable"]]),
+    ):
+        result = run_script(script, *args)
+        assert result.returncode == 2
+        assert f"error: {bad['unwritable']}: output folder cannot be created" in result.stderr
+
+
+def test_chaos_and_datalist_commands_reject_wrong_folders(bad):
+    result = run_script("prepare_data.py", "chaos", "--root", bad["no_dicom"], "--out", bad["dir"] / "out")
+    assert result.returncode == 2 and "is not a CHAOS training-set folder" in result.stderr
+    result = run_script("prepare_data.py", "datalist", "--source", bad["no_dicom"], "--target", bad["no_dicom"], "--out", bad["dir"] / "d.json")
+    assert result.returncode == 2 and f"{bad['no_dicom']}: holds no *_image.nii.gz files" in result.stderr
+    assert not (bad["dir"] / "d.json").exists()
+
+
+def test_failed_block_leaves_neither_final_nor_temporary_files(tmp_path):
+    with pytest.raises(RuntimeError):
+        with atomic_outputs([tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"]) as (a, b):
+            a.write_text("half")
+            raise RuntimeError("killed while writing b")
+    assert list(tmp_path.iterdir()) == []

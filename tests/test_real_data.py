@@ -1,0 +1,98 @@
+"""Every real case in ../shared/data/real prepared with the documented commands, checked physically.
+
+Skipped when the folder is absent (the scans are never part of this repository).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import REAL, ROOT, requires_real_data
+
+from bundle.data.prepare import liver_stats, prepare_chaos
+from bundle.data.readers import read_image
+
+pytestmark = requires_real_data
+
+CT_CASES = ["chaos_ct_1", "totalseg_ct", "totalseg_ct_dicom", "dcmqi_ct3"]
+MR_CASES = [f"chaos_mr_t2_{i}" for i in (1, 3, 8, 13, 19, 21, 31, 33, 36, 38)]
+WHOLE_LIVER = {"chaos_ct_1", "totalseg_ct", *MR_CASES}  # scans that cover the whole liver
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    out = tmp_path_factory.mktemp("real")
+    result = subprocess.run(["bash", "scripts/prepare_real.sh", str(REAL), str(out)], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "PYTHON": sys.executable})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+def case(prepared, folder, name):
+    image = sitk.ReadImage(str(prepared / folder / f"{name}_image.nii.gz"))
+    liver = sitk.ReadImage(str(prepared / folder / f"{name}_liver.nii.gz"))
+    return image, liver
+
+
+def soft_tissue_fraction(image, liver) -> float:
+    hu = sitk.GetArrayViewFromImage(image)[sitk.GetArrayViewFromImage(liver) > 0]
+    return float(((hu > -50) & (hu < 250)).mean())
+
+
+@pytest.mark.parametrize("name", CT_CASES + ["totalseg_ct_sm"])
+def test_ct_liver_is_soft_tissue_on_the_patients_right(prepared, name):
+    image, liver = case(prepared, "extra" if name == "totalseg_ct_sm" else "ct", name)
+    stats = liver_stats(image, liver)
+    assert 0 < stats["liver_mean"] < 200, stats
+    assert soft_tissue_fraction(image, liver) > 0.9
+    assert stats["side"] == "right"
+    low, high = (800, 3000) if name in WHOLE_LIVER else (20, 3000)
+    assert low < stats["liver_ml"] < high, stats
+    assert sitk.GetArrayViewFromImage(liver).max() == 1 and liver.GetPixelID() == sitk.sitkUInt8
+    assert liver.GetSize() == image.GetSize() and np.allclose(liver.GetDirection(), image.GetDirection())
+
+
+@pytest.mark.parametrize("name", MR_CASES + ["totalseg_mr_sm"])
+def test_mr_liver_is_on_the_patients_right_with_plausible_volume(prepared, name):
+    image, liver = case(prepared, "extra" if name == "totalseg_mr_sm" else "mr_t2", name)
+    stats = liver_stats(image, liver)
+    assert stats["side"] == "right"
+    assert (800 < stats["liver_ml"] < 3000) if name in WHOLE_LIVER else stats["liver_ml"] > 100, stats
+    # NIfTI world is RAS: the same side seen through nibabel's affine.
+    nifti = nib.load(prepared / ("extra" if "totalseg" in name else "mr_t2") / f"{name}_liver.nii.gz")
+    liver_x = nib.affines.apply_affine(nifti.affine, np.argwhere(nifti.get_fdata() > 0))[:, 0].mean()
+    assert liver_x > nib.affines.apply_affine(nifti.affine, np.array(nifti.shape) / 2)[0]
+
+
+def test_differently_oriented_mask_would_be_wrong_if_aligned_by_index(prepared):
+    """TotalSegmentator's DICOM CT and its NIfTI mask run in opposite y directions."""
+    dicom = read_image(REAL / "totalseg/example_ct_dicom").image
+    by_index = sitk.GetImageFromArray((sitk.GetArrayFromImage(sitk.ReadImage(str(REAL / "totalseg/example_seg_dicom.nii.gz"))) == 5).astype(np.uint8))
+    by_index.CopyInformation(dicom)
+    assert soft_tissue_fraction(dicom, by_index) < 0.8
+    image, liver = case(prepared, "ct", "totalseg_ct_dicom")
+    assert soft_tissue_fraction(image, liver) > 0.99
+
+
+def test_chaos_command_on_the_original_layout_matches_the_case_command(prepared, tmp_path):
+    (tmp_path / "root/CT").mkdir(parents=True)
+    (tmp_path / "root/CT/1").symlink_to(REAL / "chaos_ct/1")
+    [summary] = prepare_chaos(tmp_path / "root", tmp_path / "out")
+    assert summary["name"] == "ct_1" and 100 < summary["liver_mean"] < 200  # portal-venous CHAOS CT
+    _, expected = case(prepared, "ct", "chaos_ct_1")
+    got = sitk.ReadImage(str(tmp_path / "out/ct_1_liver.nii.gz"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(got), sitk.GetArrayFromImage(expected))
+
+
+def test_datalist_lists_ct_source_and_mr_target(prepared):
+    datalist = json.loads((prepared / "datalist.json").read_text())
+    assert sorted(e["subject"] for e in datalist["source"]) == sorted(CT_CASES)
+    assert sorted(e["subject"] for e in datalist["target"]) == sorted(MR_CASES)
+    assert all((prepared / e["label"]).is_file() for e in datalist["target_test"])
