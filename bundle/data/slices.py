@@ -1,0 +1,158 @@
+"""2D slices for the 2D networks (pipeline step 2): volumes -> normalised, square, resized slices.
+
+Volumes are read with MONAI transforms and cached (``CacheDataset``), reoriented to RAS so every
+modality shows the same anatomy the same way, normalised per modality (CT by a HU window, MR by
+robust percentiles, both to [-1, 1] like the generators' tanh), then cut into axial slices
+that are resized in-plane to ``image_size`` keeping their aspect ratio (padded with -1,
+the normalised background).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import CacheDataset
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    Orientationd,
+    Resize,
+    ScaleIntensityRanged,
+    ScaleIntensityRangePercentilesd,
+    SpatialPad,
+)
+from torch.utils.data import Dataset
+
+from bundle.data.phantoms import make_phantoms
+from bundle.errors import DataError
+
+__all__ = ["CT_WINDOW", "MR_PERCENTILES", "read_datalist", "ensure_datalist", "volume_transform", "load_slices", "UnpairedSlices", "evenly_spaced"]
+
+CT_WINDOW = (-250.0, 350.0)  # HU mapped to [-1, 1]: soft tissue with fat and enhanced vessels in range
+MR_PERCENTILES = (0.5, 99.5)  # MR has no units: its own robust range maps to [-1, 1]
+
+
+def read_datalist(path: str | Path, section: str) -> list[dict]:
+    """Entries of one datalist section with paths made absolute (they are relative to the file)."""
+    path = Path(path)
+    try:
+        datalist = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(path, f"is not a readable datalist JSON: {e}") from e
+    if section not in datalist or not datalist[section]:
+        raise DataError(path, f"has no entries in section {section!r} (sections: {sorted(datalist)})")
+    base = path.parent
+    return [{**e, **{k: str(base / e[k]) for k in ("image", "label") if k in e}} for e in datalist[section]]
+
+
+def ensure_datalist(path: str | Path, n_ct: int = 8, n_mr: int = 8, size: int = 128, seed: int = 0) -> str:
+    """``path`` if it exists; if its folder does not exist or is empty, make the built-in phantoms there.
+
+    This is how the training configs fall back to the phantoms when no data is given. Under
+    torch.distributed, rank 0 makes them while the other ranks wait.
+    """
+    path = Path(path)
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if not path.is_file() and (not distributed or torch.distributed.get_rank() == 0):
+        if path.parent.exists() and any(path.parent.iterdir()):
+            raise DataError(path, "does not exist (and its folder is not empty, so no phantoms were made there)")
+        make_phantoms(path.parent, n_ct=n_ct, n_mr=n_mr, seed=seed, size=size)
+    if distributed:
+        torch.distributed.barrier()
+    if not path.is_file():
+        raise DataError(path, f"is not one of the phantom datalists written to {path.parent}")
+    return str(path)
+
+
+def volume_transform(modality: str, with_label: bool = False) -> Compose:
+    """Deterministic volume preprocessing: load, channel first, RAS, per-modality intensity."""
+    keys = ["image", "label"] if with_label else ["image"]
+    if modality == "ct":
+        normalise = ScaleIntensityRanged("image", *CT_WINDOW, b_min=-1.0, b_max=1.0, clip=True)
+    elif modality == "mr":
+        normalise = ScaleIntensityRangePercentilesd("image", *MR_PERCENTILES, b_min=-1.0, b_max=1.0, clip=True)
+    else:
+        raise ValueError(f"modality must be 'ct' or 'mr', got {modality!r}")
+    return Compose([
+        LoadImaged(keys, image_only=True),
+        EnsureChannelFirstd(keys),
+        Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+        normalise,
+        EnsureTyped(keys, dtype=torch.float32, track_meta=False),
+    ])  # fmt: skip
+
+
+def _to_slices(volume: torch.Tensor, image_size: int, mode: str, pad_value: float) -> torch.Tensor:
+    """(1, H, W, D) -> (D, 1, S, S): each axial slice resized (longest side = S) and padded square."""
+    resize = Resize(image_size, size_mode="longest", mode=mode, anti_aliasing=mode != "nearest")
+    pad = SpatialPad((image_size, image_size), value=pad_value)
+    return torch.stack([torch.as_tensor(pad(resize(volume[..., k]))) for k in range(volume.shape[-1])])
+
+
+def load_slices(datalist: str | Path, section: str, modality: str, image_size: int, with_label: bool = False,
+                min_foreground: float = 0.05, num_workers: int = 0) -> dict[str, torch.Tensor]:  # fmt: skip
+    """All usable axial slices of a datalist section, as tensors.
+
+    Returns ``{"image": (N,1,S,S), "subject": (N,) index into the section}`` and ``"label"`` (0/1)
+    when ``with_label``. Slices where less than ``min_foreground`` of the pixels are above the
+    background (-1) are dropped: they teach nothing about anatomy.
+    """
+    entries = read_datalist(datalist, section)
+    volumes = CacheDataset(entries, volume_transform(modality, with_label), num_workers=num_workers, progress=False)
+    images, labels, subjects = [], [], []
+    for i, item in enumerate(volumes):
+        image = _to_slices(item["image"], image_size, "area", -1.0)
+        keep = (image > -0.95).float().mean(dim=(1, 2, 3)) >= min_foreground
+        images.append(image[keep])
+        subjects.append(torch.full((int(keep.sum()),), i))
+        if with_label:
+            labels.append((_to_slices(item["label"], image_size, "nearest", 0.0)[keep] > 0.5).float())
+    plain = lambda parts: torch.cat(parts).as_subclass(torch.Tensor)  # noqa: E731  (drop MetaTensor wrappers)
+    out = {"image": plain(images), "subject": torch.cat(subjects)}
+    if with_label:
+        out["label"] = plain(labels)
+    if len(out["image"]) == 0:
+        raise DataError(datalist, f"section {section!r} has no slice with anatomy")
+    return out
+
+
+class UnpairedSlices(Dataset):
+    """Unpaired (CT slice, MR slice) items for stage 1, reproducible per epoch.
+
+    Item ``i`` of epoch ``e`` depends only on ``(seed, e, i)``, so a run resumed at an epoch
+    boundary sees exactly the batches an uninterrupted run would. The trainer calls
+    ``set_epoch`` at the start of every epoch.
+
+    Args:
+        source: CT slices (N, 1, S, S).
+        target: MR slices (M, 1, S, S).
+        length: items per epoch.
+        seed: random seed.
+    """
+
+    def __init__(self, source: torch.Tensor, target: torch.Tensor, length: int, seed: int = 0) -> None:
+        self.source, self.target, self.length, self.seed = source, target, length, seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        rng = np.random.default_rng([self.seed, epoch])
+        self.source_index = rng.integers(len(self.source), size=self.length)
+        self.target_index = rng.integers(len(self.target), size=self.length)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"ct": self.source[self.source_index[i]], "mr": self.target[self.target_index[i]]}
+
+
+def evenly_spaced(slices: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` slices spread over the set (all if fewer): a fixed validation sample."""
+    index = np.linspace(0, len(slices) - 1, num=min(n, len(slices))).round().astype(int)
+    return slices[index]
+

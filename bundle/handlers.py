@@ -1,0 +1,207 @@
+"""Ignite handlers around the stage-1 loop: validation signals and image grids, atomic checkpoints.
+
+MONAI's ``CheckpointSaver`` writes non-atomically (``atomic=False``), so a run killed while
+saving could leave a truncated "latest" checkpoint that the next run resumes from; the
+``AtomicCheckpoint`` here uses ignite's ``Checkpoint`` with an atomic ``DiskSaver`` instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import ignite.distributed as idist
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, DiskSaver, ProgressBar
+
+from bundle.atomic import atomic_outputs
+from bundle.data.slices import evenly_spaced
+from bundle.engines.drl_trainer import unwrap
+from bundle.metrics import content_domain_accuracy
+
+__all__ = ["DRLValidation", "AtomicCheckpoint", "LossProgressBar", "latest_checkpoint", "radiological"]
+
+logger = logging.getLogger(__name__)
+CHECKPOINT_PREFIX = "drl"
+
+
+def radiological(slices: torch.Tensor) -> torch.Tensor:
+    """RAS-indexed (..., x, y) slices as displayed by radiologists: anterior up, patient's right on the left."""
+    return slices.transpose(-1, -2).flip(-1, -2)
+
+
+def latest_checkpoint(ckpt_dir: str | Path) -> str | None:
+    """Path of the checkpoint with the highest iteration in ``ckpt_dir``, or ``None``."""
+    found = []
+    for path in Path(ckpt_dir).glob(f"{CHECKPOINT_PREFIX}_checkpoint_*.pt"):
+        match = re.search(r"_(\d+)\.pt$", path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return str(max(found)[1]) if found else None
+
+
+class LossProgressBar(ProgressBar):
+    """ignite's progress bar showing the generator (G) and discriminator (D) losses, attachable by MONAI."""
+
+    def attach(self, engine: Engine) -> None:  # type: ignore[override]
+        super().attach(engine, output_transform=lambda out: {"G": out["losses"]["total"], "D": out["losses"]["adv_d"]})
+
+
+class AtomicCheckpoint:
+    """Resume from the last checkpoint in ``save_dir`` at start; save every ``save_interval``
+    epochs, atomically, keeping the last ``n_saved``; at the end write the DRLModule weights
+    alone to ``final_path``. The trainer's own state (epoch, iteration) is saved with the
+    ``objects`` under the key ``trainer``, so a resumed run continues where the last one stopped.
+    Under torch.distributed every rank resumes and only rank 0 writes (ignite's ``DiskSaver``
+    is rank-aware; it must be built on every rank because it synchronises when created).
+
+    Args:
+        save_dir: checkpoint folder.
+        objects: name -> object with ``state_dict`` (networks, optimisers, schedulers).
+        n_saved: checkpoints kept.
+        save_interval: epochs between checkpoints.
+        resume: load the latest checkpoint (if any) when the run starts.
+        network: the DRLModule whose weights ``final_path`` receives.
+        final_path: where to write the trained DRLModule's ``state_dict`` (``None``: not written).
+        map_location: device mapping for loading.
+    """
+
+    def __init__(self, save_dir: str, objects: dict, n_saved: int = 3, save_interval: int = 1, resume: bool = True,
+                 network: torch.nn.Module | None = None, final_path: str | None = None, map_location=None) -> None:  # fmt: skip
+        self.save_dir, self.objects, self.n_saved, self.save_interval = save_dir, dict(objects), n_saved, save_interval
+        self.resume, self.network, self.final_path, self.map_location = resume, network, final_path, map_location
+
+    def attach(self, engine: Engine) -> None:
+        self.objects["trainer"] = engine
+        if self.resume:
+            engine.add_event_handler(Events.STARTED, self._resume)
+        Path(self.save_dir).mkdir(parents=True, exist_ok=True)
+        checkpoint = Checkpoint(
+            self.objects, DiskSaver(self.save_dir, atomic=True, require_empty=False), filename_prefix=CHECKPOINT_PREFIX,
+            n_saved=self.n_saved, global_step_transform=lambda e, _: e.state.iteration,
+        )  # fmt: skip
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), checkpoint)
+        if self.final_path is not None and self.network is not None and idist.get_rank() == 0:
+            engine.add_event_handler(Events.COMPLETED, self._save_final)
+
+    def _resume(self, engine: Engine) -> None:
+        path = latest_checkpoint(self.save_dir)
+        if path is None:
+            return
+        max_epochs = engine.state.max_epochs
+        Checkpoint.load_objects(self.objects, torch.load(path, map_location=self.map_location, weights_only=True))
+        if engine.state.epoch > max_epochs:
+            raise ValueError(f"{path}: checkpoint is at epoch {engine.state.epoch}, beyond this run's {max_epochs} epochs; raise max_iterations")
+        engine.state.max_epochs = max_epochs
+        logger.info("resumed from %s (iteration %d)", path, engine.state.iteration)
+
+    def _save_final(self, engine: Engine) -> None:
+        final = Path(self.final_path)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_outputs([final]) as (tmp,):
+            torch.save(unwrap(self.network).state_dict(), tmp)
+        logger.info("DRLModule weights written to %s", final)
+
+
+class DRLValidation:
+    """Every ``interval`` epochs: measurable signals that the disentangling works.
+
+    - ``recon_l1_ct`` / ``recon_l1_mr``: in-domain reconstruction error on fixed slices;
+    - ``content_domain_acc``: how well a logistic regression tells CT from MR content codes
+      (near 0.5 = a shared content space);
+    - an image grid (rows: CT, content-only CT, CT->MR with a random style, MR, content-only
+      MR, MR->CT) written to TensorBoard and as PNG under ``output_dir/images``.
+
+    Results go to ``engine.state.metrics``, the log, and ``output_dir/validation.jsonl``.
+
+    Args:
+        network: the DRLModule (optionally DDP-wrapped).
+        source: fixed CT validation slices (N, 1, S, S).
+        target: fixed MR validation slices (M, 1, S, S).
+        output_dir: where ``validation.jsonl`` and ``images/`` go.
+        interval: epochs between validations.
+        log_dir: TensorBoard folder (``None``: no TensorBoard).
+        n_images: columns of the image grid.
+        batch_size: validation batch size.
+    """
+
+    def __init__(self, network: torch.nn.Module, source: torch.Tensor, target: torch.Tensor, output_dir: str,
+                 interval: int = 1, log_dir: str | None = None, n_images: int = 4, batch_size: int = 16) -> None:  # fmt: skip
+        self.network, self.source, self.target = network, source, target
+        self.output_dir = Path(output_dir)
+        self.interval, self.n_images, self.batch_size = interval, n_images, batch_size
+        self.log_dir = log_dir
+        self.writer = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+
+    @torch.no_grad()
+    def _run(self, images: torch.Tensor, domain: str, device: torch.device) -> tuple[float, torch.Tensor]:
+        drl = unwrap(self.network)
+        errors, codes = [], []
+        for batch in images.split(self.batch_size):
+            batch = batch.to(device)
+            content, style = drl.encode(batch, domain)
+            errors.append((drl.decode(content, style, domain) - batch).abs().mean(dim=(1, 2, 3)).cpu())
+            codes.append(content.float().cpu())
+        return float(torch.cat(errors).mean()), torch.cat(codes)
+
+    @torch.no_grad()
+    def grid(self, device: torch.device, seed: int = 0) -> torch.Tensor:
+        """(6, n, 1, S, S): CT, content-only CT, CT->MR, MR, content-only MR, MR->CT."""
+        drl = unwrap(self.network)
+        ct, mr = evenly_spaced(self.source, self.n_images).to(device), evenly_spaced(self.target, self.n_images).to(device)
+        gen = torch.Generator(device=device).manual_seed(seed)
+        rows = [ct, drl.content_only(ct, "ct"), drl.translate(ct, "ct", "mr", drl.random_style(len(ct), ct, gen)),
+                mr, drl.content_only(mr, "mr"), drl.translate(mr, "mr", "ct", drl.random_style(len(mr), mr, gen))]  # fmt: skip
+        n = min(len(ct), len(mr))
+        return torch.stack([r[:n].float().cpu() for r in rows])
+
+    def __call__(self, engine: Engine) -> None:
+        device = torch.device(engine.state.device)
+        network = unwrap(self.network)
+        was_training = network.training
+        network.eval()
+        try:
+            recon_ct, codes_ct = self._run(self.source, "ct", device)
+            recon_mr, codes_mr = self._run(self.target, "mr", device)
+            metrics = {"recon_l1_ct": recon_ct, "recon_l1_mr": recon_mr, "content_domain_acc": content_domain_accuracy(codes_ct, codes_mr)}
+            grid = self.grid(device)
+        finally:
+            network.train(was_training)
+        iteration = engine.state.iteration
+        engine.state.metrics.update(metrics)
+        logger.info("validation at iteration %d: %s", iteration, {k: round(v, 4) for k, v in metrics.items()})
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.output_dir / "validation.jsonl", "a") as f:
+            f.write(json.dumps({"iteration": iteration, **metrics}) + "\n")
+        self._write_images(grid, iteration)
+        if self.log_dir is not None:
+            self._write_tensorboard(metrics, grid, iteration)
+
+    def _write_images(self, grid: torch.Tensor, iteration: int) -> None:
+        from PIL import Image
+
+        rows, n, _, size, _ = grid.shape
+        tiles = radiological(grid[:, :, 0])
+        mosaic = ((tiles.permute(0, 2, 1, 3).reshape(rows * size, n * size).clamp(-1, 1) + 1) * 127.5).numpy()
+        folder = self.output_dir / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_outputs([folder / f"drl_{iteration:07d}.png"]) as (tmp,):
+            Image.fromarray(mosaic.astype(np.uint8)).save(tmp, format="PNG")
+
+    def _write_tensorboard(self, metrics: dict, grid: torch.Tensor, iteration: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        if self.writer is None:
+            self.writer = SummaryWriter(self.log_dir)
+        for name, value in metrics.items():
+            self.writer.add_scalar(f"val/{name}", value, iteration)
+        for name, row in zip(("ct", "content_only_ct", "ct2mr", "mr", "content_only_mr", "mr2ct"), grid):
+            self.writer.add_images(f"images/{name}", (radiological(row).clamp(-1, 1) + 1) / 2, iteration)
+        self.writer.flush()

@@ -1,0 +1,99 @@
+"""DADR losses (paper eq. 1-4): in-domain reconstruction, adversarial, latent reconstruction.
+
+Ltotal = alpha * Lrecon + beta * Ladv + gamma * Llatent, with alpha = 25, beta = 10, gamma = 0.1,
+plus, optionally (not in the paper), delta * Lcontent: encoders fool a content discriminator.
+The adversarial term reuses MONAI's ``PatchAdversarialLoss`` (mean over the discriminator's
+scales): least squares without MONAI's extra activation by default, or the paper's log form
+(binary cross-entropy on sigmoid scores).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.losses import PatchAdversarialLoss
+from torch import nn
+
+__all__ = ["recon_loss", "latent_loss", "AdversarialLoss", "ContentAdversarialLoss", "DRLLoss"]
+
+
+def recon_loss(reconstruction: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """eq. 2: ||G_i(Ec_i(x_i), Es_i(x_i)) - x_i||_1."""
+    return F.l1_loss(reconstruction, image)
+
+
+def latent_loss(content_rec: torch.Tensor, content: torch.Tensor, style_rec: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    """eq. 4 for one direction: ||Ec_j(x_i->j) - c_i||_1 + ||Es_j(x_i->j) - s_j||_1."""
+    return F.l1_loss(content_rec, content) + F.l1_loss(style_rec, style)
+
+
+class AdversarialLoss(nn.Module):
+    """eq. 3 on multi-scale discriminator outputs.
+
+    Args:
+        mode: ``lsgan`` (least squares, default) or ``log`` (the paper's log form).
+    """
+
+    def __init__(self, mode: str = "lsgan") -> None:
+        super().__init__()
+        criteria = {"lsgan": "least_squares", "log": "bce"}
+        if mode not in criteria:
+            raise ValueError(f"adversarial mode must be one of {sorted(criteria)}, got {mode!r}")
+        self.loss = PatchAdversarialLoss(criterion=criteria[mode], no_activation_leastsq=True)
+
+    @staticmethod
+    def _float(scores: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [s.float() for s in scores]  # BCE is not autocast-safe; scores are tiny anyway
+
+    def discriminator(self, real: list[torch.Tensor], fake: list[torch.Tensor]) -> torch.Tensor:
+        """D's side: real scores towards real, fake scores towards fake."""
+        return self.loss(self._float(real), True, True) + self.loss(self._float(fake), False, True)
+
+    def generator(self, fake: list[torch.Tensor]) -> torch.Tensor:
+        """G's side: fake scores towards real."""
+        return self.loss(self._float(fake), True, False)
+
+
+class ContentAdversarialLoss(nn.Module):
+    """Least-squares content-domain game (DRIT): the discriminator scores CT content 1 and MR
+    content 0; the encoders want every code scored 0.5, i.e. the modality unreadable."""
+
+    def discriminator(self, scores: torch.Tensor, n_ct: int) -> torch.Tensor:
+        target = torch.cat([torch.ones_like(scores[:n_ct]), torch.zeros_like(scores[n_ct:])])
+        return F.mse_loss(scores.float(), target.float())
+
+    def encoder(self, scores: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(scores.float(), torch.full_like(scores.float(), 0.5))
+
+
+class DRLLoss(nn.Module):
+    """eq. 1: the weighted generator objective of one iteration, from ``DRLModule.forward``'s outputs.
+
+    Args:
+        alpha: weight of the in-domain reconstruction (25).
+        beta: weight of the adversarial term (10).
+        gamma: weight of the latent reconstruction (0.1).
+        delta: weight of the content adversarial term (0: the paper's objective).
+    """
+
+    def __init__(self, alpha: float = 25.0, beta: float = 10.0, gamma: float = 0.1, delta: float = 0.0) -> None:
+        super().__init__()
+        self.alpha, self.beta, self.gamma, self.delta = alpha, beta, gamma, delta
+
+    def forward(self, out: dict[str, torch.Tensor], x_ct: torch.Tensor, x_mr: torch.Tensor,
+                style_ct: torch.Tensor, style_mr: torch.Tensor, adversarial: torch.Tensor,
+                content_adversarial: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+        """Returns every term and ``total``; ``style_*`` are the random styles used to translate."""
+        terms = {
+            "recon_ct": recon_loss(out["recon_ct"], x_ct),
+            "recon_mr": recon_loss(out["recon_mr"], x_mr),
+            "latent_ct2mr": latent_loss(out["content_ct2mr"], out["content_ct"], out["style_ct2mr"], style_mr),
+            "latent_mr2ct": latent_loss(out["content_mr2ct"], out["content_mr"], out["style_mr2ct"], style_ct),
+            "adv_g": adversarial,
+        }
+        terms["total"] = (self.alpha * (terms["recon_ct"] + terms["recon_mr"]) + self.beta * adversarial
+                          + self.gamma * (terms["latent_ct2mr"] + terms["latent_mr2ct"]))  # fmt: skip
+        if content_adversarial is not None:
+            terms["adv_content"] = content_adversarial
+            terms["total"] = terms["total"] + self.delta * content_adversarial
+        return terms

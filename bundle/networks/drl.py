@@ -1,0 +1,114 @@
+"""DRLModule: both domains' encoders and generators, with the operations the paper names."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from bundle.networks.layers import ResBlock
+from bundle.networks.encoders import ContentEncoder, StyleEncoder
+from bundle.networks.generator import Generator
+
+__all__ = ["DRLModule", "DOMAINS"]
+
+DOMAINS = ("ct", "mr")  # domain 1 = CT (labelled source), domain 2 = MR (target)
+
+
+class DRLModule(nn.Module):
+    """Ec1, Ec2 (content), Es1, Es2 (style) and G1, G2 (generators) of the paper's DRLModule.
+
+    ``forward`` runs everything one training iteration needs from the generator side, once:
+    encode both images, reconstruct them in-domain (eq. 2), translate across domains with the
+    given random styles (eq. 3), and re-encode the translations (eq. 4). The discriminators
+    live outside, with their own optimiser.
+
+    Content-only images decode a content code with the generator of ``content_domain`` and the
+    style path neutralised (``Generator(style=None)``), the same decoder for both modalities so
+    CT and MR content land in one image space.
+
+    Args:
+        in_channels: image channels.
+        dim: channels of the first encoder layer.
+        n_down: downsamplings of the content encoder (upsamplings of the generator).
+        n_res: residual blocks in the content encoder and in the generator.
+        style_dim: length of the style code (paper: 8).
+        mlp_dim: width of the style MLP.
+        style_n_down: downsamplings of the style encoder.
+        norm: norm of the content encoder, ``instance`` or ``batch``.
+        content_domain: whose generator decodes content-only images, ``ct`` or ``mr``.
+        shared_res: how many of the content encoders' final residual blocks the two domains share
+            (0 in the paper; sharing, as in DRIT, ties both modalities to one content space).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        dim: int = 64,
+        n_down: int = 2,
+        n_res: int = 4,
+        style_dim: int = 8,
+        mlp_dim: int = 256,
+        style_n_down: int = 4,
+        norm: str = "instance",
+        content_domain: str = "ct",
+        shared_res: int = 0,
+    ) -> None:
+        super().__init__()
+        if content_domain not in DOMAINS:
+            raise ValueError(f"content_domain must be one of {DOMAINS}, got {content_domain!r}")
+        if not 0 <= shared_res <= n_res:
+            raise ValueError(f"shared_res must be between 0 and n_res={n_res}, got {shared_res}")
+        code_channels = dim * 2**n_down
+        shared = nn.Sequential(*[ResBlock(code_channels, norm) for _ in range(shared_res)]) if shared_res else None
+        self.content_encoders = nn.ModuleDict({d: ContentEncoder(in_channels, dim, n_down, n_res - shared_res, norm, shared) for d in DOMAINS})
+        self.style_encoders = nn.ModuleDict({d: StyleEncoder(in_channels, dim, style_n_down, style_dim) for d in DOMAINS})
+        channels = self.content_encoders["ct"].out_channels
+        self.generators = nn.ModuleDict({d: Generator(channels, in_channels, n_down, n_res, style_dim, mlp_dim) for d in DOMAINS})
+        self.style_dim = style_dim
+        self.content_domain = content_domain
+
+    def encode(self, x: torch.Tensor, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(content code, style code) of images ``x`` of ``domain``."""
+        return self.content_encoders[domain](x), self.style_encoders[domain](x)
+
+    def decode(self, content: torch.Tensor, style: Optional[torch.Tensor], domain: str) -> torch.Tensor:
+        """Image of ``domain`` from a content code and a style code (``None``: content-only)."""
+        return self.generators[domain](content, style)
+
+    def reconstruct(self, x: torch.Tensor, domain: str) -> torch.Tensor:
+        """In-domain reconstruction G_i(Ec_i(x), Es_i(x)) (eq. 2)."""
+        return self.decode(*self.encode(x, domain), domain)
+
+    def random_style(self, n: int, like: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Style codes drawn from the prior N(0, I)."""
+        return torch.randn(n, self.style_dim, device=like.device, dtype=like.dtype, generator=generator)
+
+    def translate(self, x: torch.Tensor, source: str, target: str, style: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Cross-domain translation: content of ``x`` with a ``target`` style (random if ``None``);
+        pass ``Es_target(reference)`` for the style of a reference image (paper Fig. 7)."""
+        style = self.random_style(x.shape[0], x) if style is None else style
+        return self.decode(self.content_encoders[source](x), style, target)
+
+    def content_only(self, x: torch.Tensor, domain: str) -> torch.Tensor:
+        """Content-only image of ``x``: its content code decoded without style (paper section 2.2)."""
+        return self.decode(self.content_encoders[domain](x), None, self.content_domain)
+
+    def forward(self, x_ct: torch.Tensor, x_mr: torch.Tensor, style_ct: torch.Tensor, style_mr: torch.Tensor) -> dict[str, torch.Tensor]:
+        """All generator-side tensors of one DRL iteration (eq. 2-4), each computed once.
+
+        ``style_ct`` / ``style_mr`` are random style codes of each domain for the translations.
+        """
+        c_ct, s_ct = self.encode(x_ct, "ct")
+        c_mr, s_mr = self.encode(x_mr, "mr")
+        ct2mr = self.decode(c_ct, style_mr, "mr")
+        mr2ct = self.decode(c_mr, style_ct, "ct")
+        c_ct2mr, s_ct2mr = self.encode(ct2mr, "mr")
+        c_mr2ct, s_mr2ct = self.encode(mr2ct, "ct")
+        return {
+            "content_ct": c_ct, "content_mr": c_mr, "style_ct": s_ct, "style_mr": s_mr,
+            "recon_ct": self.decode(c_ct, s_ct, "ct"), "recon_mr": self.decode(c_mr, s_mr, "mr"),
+            "ct2mr": ct2mr, "mr2ct": mr2ct,
+            "content_ct2mr": c_ct2mr, "style_ct2mr": s_ct2mr, "content_mr2ct": c_mr2ct, "style_mr2ct": s_mr2ct,
+        }  # fmt: skip

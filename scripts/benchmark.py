@@ -1,0 +1,32 @@
+"""Benchmarks that print figures (never timed tests).
+
+    python scripts/benchmark.py drl --size 128 --dim 64 --batch 1 --iters 10 [--amp bfloat16] [--channels_last False]
+
+The last line is ``drl s/iter=<median seconds per D+G iteration> peak_mem=<MB>``.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from bundle.benchmark import benchmark_drl  # noqa: E402
+from bundle.cli import run_cli  # noqa: E402
+
+
+class Benchmark:
+    """Speed benchmarks of the bundle's hot paths."""
+
+    def drl(self, size: int = 128, dim: int = 64, batch: int = 1, iters: int = 10, warmup: int = 2, amp: str | None = None,
+            channels_last: bool = True, device: str | None = None) -> None:  # fmt: skip
+        """Stage-1 training iteration (discriminator + generator update)."""
+        result = benchmark_drl(size, dim, batch, iters, warmup, amp, channels_last, device)
+        print(f"size={size} dim={dim} batch={batch} amp={amp} channels_last={channels_last} threads={torch.get_num_threads()} "
+              f"times=[{', '.join(f'{t:.3f}' for t in result['times'])}]")  # fmt: skip
+        print(f"drl s/iter={result['median']:.3f} peak_mem={result['peak_mem_mb']:.0f}MB")
+
+
+if __name__ == "__main__":
+    run_cli(Benchmark)

@@ -1,0 +1,104 @@
+"""Stage-1 training: the DRL iteration on phantoms, the MONAI bundle workflow, resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT
+from ignite.engine import Events
+from torch.utils.data import DataLoader
+
+from bundle.data.slices import UnpairedSlices, load_slices
+from bundle.engines import DRLTrainer
+from bundle.losses import DRLLoss
+from bundle.networks import DomainDiscriminators, DRLModule
+
+SMALL = ["--image_size", "64", "--dim", "8", "--n_res", "2", "--mlp_dim", "32", "--val_interval", "10", "--n_val_slices", "8"]
+
+
+def make_trainer(phantoms, iterations: int, batch: int = 2, content_adv: bool = False) -> DRLTrainer:
+    torch.manual_seed(0)
+    ct = load_slices(phantoms / "datalist.json", "source", "ct", 64)["image"]
+    mr = load_slices(phantoms / "datalist.json", "target", "mr", 64)["image"]
+    network = DRLModule(dim=8, n_res=2, mlp_dim=32, shared_res=1 if content_adv else 0)
+    discriminators = DomainDiscriminators(dim=8, content_channels=32 if content_adv else 0)
+    adam = dict(lr=1e-3, betas=(0.5, 0.999), weight_decay=1e-4)
+    loader = DataLoader(UnpairedSlices(ct, mr, iterations * batch, seed=0), batch_size=batch)
+    return DRLTrainer("cpu", 1, loader, network, discriminators, torch.optim.Adam(network.parameters(), **adam),
+                      torch.optim.Adam(discriminators.parameters(), **adam), loss=DRLLoss(delta=1.0))  # fmt: skip
+
+
+def test_every_loss_term_is_finite_and_decreases_on_phantoms(phantoms):
+    """Mean of the last 10 iterations below the first 10 for every term; reconstruction by far."""
+    trainer = make_trainer(phantoms, iterations=100)
+    history = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: history.append(e.state.output["losses"]))
+    trainer.run()
+    assert len(history) == 100 and set(history[0]) == {"recon_ct", "recon_mr", "latent_ct2mr", "latent_mr2ct", "adv_g", "adv_d", "total"}
+    for term in history[0]:
+        values = torch.tensor([h[term] for h in history])
+        assert torch.isfinite(values).all(), term
+        first, last = values[:10].mean(), values[-10:].mean()
+        assert last < first, (term, first, last)
+        if term.startswith("recon") or term == "total":
+            assert last < 0.7 * first, (term, first, last)
+
+
+def test_content_discriminator_option_adds_a_finite_term(phantoms):
+    trainer = make_trainer(phantoms, iterations=3, content_adv=True)
+    trainer.run()
+    losses = trainer.state.output["losses"]
+    assert "adv_content" in losses and torch.isfinite(torch.tensor(losses["adv_content"]))
+    shared = trainer.network.content_encoders["ct"].model[-1]
+    assert shared is trainer.network.content_encoders["mr"].model[-1]  # one module, two encoders
+
+
+def test_nan_loss_stops_with_a_clear_error(phantoms):
+    trainer = make_trainer(phantoms, iterations=2)
+    bad = {"ct": torch.full((2, 1, 64, 64), float("nan")), "mr": torch.zeros(2, 1, 64, 64)}
+    trainer.state.device, trainer.state.iteration = torch.device("cpu"), 7
+    with pytest.raises(FloatingPointError, match="non-finite DRL loss at iteration 7"):
+        trainer._iteration(trainer, bad)
+
+
+def run_bundle(tmp_path, run: str, iterations: int, *extra: str) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/drl_train.yaml",
+            "--dataset_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / run), "--drl_path", str(tmp_path / run / "drl.pt"),
+            "--phantom_subjects", "2", "--max_iterations", str(iterations), *SMALL, *extra]  # fmt: skip
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_bundle_run_checkpoints_and_resumes_exactly(tmp_path):
+    """20 iterations in one go equal 10 iterations, a stop, and a resumed run to 20."""
+    run_bundle(tmp_path, "straight", 20)
+    run_bundle(tmp_path, "resumed", 10)
+    assert sorted(p.name for p in (tmp_path / "resumed/checkpoints").iterdir()) == ["drl_checkpoint_10.pt"]
+    result = run_bundle(tmp_path, "resumed", 20)
+    assert "resumed from" in result.stdout + result.stderr
+    straight, resumed = torch.load(tmp_path / "straight/drl.pt"), torch.load(tmp_path / "resumed/drl.pt")
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    checkpoint = torch.load(tmp_path / "resumed/checkpoints/drl_checkpoint_20.pt")
+    assert {"network", "discriminators", "g_optimizer", "d_optimizer", "g_lr_scheduler", "d_lr_scheduler", "trainer"} <= set(checkpoint)
+    validation = [json.loads(line) for line in (tmp_path / "straight/validation.jsonl").read_text().splitlines()]
+    assert [v["iteration"] for v in validation] == [10, 20] and 0 <= validation[-1]["content_domain_acc"] <= 1
+    assert len(list((tmp_path / "straight/images").glob("drl_*.png"))) == 2
+    assert list((tmp_path / "straight/tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_ddp_two_processes_with_gloo_on_cpu(tmp_path):
+    configs = "['configs/drl_train.yaml','configs/multi_gpu_drl_train.yaml']"
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run", "training",
+            "--config_file", configs, "--dataset_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out"),
+            "--drl_path", str(tmp_path / "drl.pt"), "--phantom_subjects", "2", "--max_iterations", "20", *SMALL]  # fmt: skip
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "drl.pt").is_file()
+    assert sorted(p.name for p in (tmp_path / "out/checkpoints").iterdir()) == ["drl_checkpoint_10.pt", "drl_checkpoint_5.pt"]
