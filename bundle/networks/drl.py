@@ -25,8 +25,9 @@ class DRLModule(nn.Module):
     live outside, with their own optimiser.
 
     Content-only images decode a content code with the generator of ``content_domain`` and the
-    style path neutralised (``Generator(style=None)``), the same decoder for both modalities so
-    CT and MR content land in one image space.
+    zero style code, the same decoder for both modalities so CT and MR content land in one
+    image space. Zero is the centre of the style prior N(0, I): the generator is trained around
+    it, whereas an AdaIN with its affine switched off is a path it never sees in training.
 
     Args:
         in_channels: image channels.
@@ -73,8 +74,8 @@ class DRLModule(nn.Module):
         """(content code, style code) of images ``x`` of ``domain``."""
         return self.content_encoders[domain](x), self.style_encoders[domain](x)
 
-    def decode(self, content: torch.Tensor, style: Optional[torch.Tensor], domain: str) -> torch.Tensor:
-        """Image of ``domain`` from a content code and a style code (``None``: content-only)."""
+    def decode(self, content: torch.Tensor, style: torch.Tensor, domain: str) -> torch.Tensor:
+        """Image of ``domain`` from a content code and a style code."""
         return self.generators[domain](content, style)
 
     def reconstruct(self, x: torch.Tensor, domain: str) -> torch.Tensor:
@@ -92,8 +93,9 @@ class DRLModule(nn.Module):
         return self.decode(self.content_encoders[source](x), style, target)
 
     def content_only(self, x: torch.Tensor, domain: str) -> torch.Tensor:
-        """Content-only image of ``x``: its content code decoded without style (paper section 2.2)."""
-        return self.decode(self.content_encoders[domain](x), None, self.content_domain)
+        """Content-only image of ``x``: its content code decoded without its style (paper section 2.2)."""
+        neutral = torch.zeros(x.shape[0], self.style_dim, device=x.device, dtype=x.dtype)
+        return self.decode(self.content_encoders[domain](x), neutral, self.content_domain)
 
     def forward(self, x_ct: torch.Tensor, x_mr: torch.Tensor, style_ct: torch.Tensor, style_mr: torch.Tensor) -> dict[str, torch.Tensor]:
         """All generator-side tensors of one DRL iteration (eq. 2-4), each computed once.

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from monai.networks.nets import FullyConnectedNet
 from torch import nn
@@ -18,9 +16,6 @@ class Generator(nn.Module):
     """G: ``n_res`` AdaIN residual blocks -> ``n_up`` x [2x nearest upsample, 5x5 conv, layer norm,
     ReLU] -> 7x7 conv -> tanh. A style MLP (style_dim -> mlp_dim -> mlp_dim -> all AdaIN
     parameters) turns the style code into the AdaIN scales and shifts.
-
-    ``style=None`` decodes the content code with the style path neutralised: the content-only
-    image of the paper.
 
     Args:
         content_channels: channels of the content code (``ContentEncoder.out_channels``).
@@ -45,12 +40,12 @@ class Generator(nn.Module):
         self.upsample = nn.Sequential(*layers)
         self.style_dim = style_dim
 
-    def forward(self, content: torch.Tensor, style: Optional[torch.Tensor] = None) -> torch.Tensor:
-        params = None if style is None else self.mlp(style)
+    def forward(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        params = self.mlp(style)
         x = content
         offset = 0
         for block in self.res_blocks:
             n = 4 * block.channels
-            x = block(x, None if params is None else params[:, offset : offset + n])
+            x = block(x, params[:, offset : offset + n])
             offset += n
         return self.upsample(x)

@@ -10,19 +10,30 @@ from __future__ import annotations
 from torch import nn
 from monai.networks.blocks import Convolution
 
-__all__ = ["NORMS", "reflect_conv", "ResBlock"]
+__all__ = ["NORMS", "norm_args", "reflect_conv", "ResBlock"]
 
-# Config names -> MONAI Norm factory arguments. "layer" normalises each sample over (C, H, W)
-# with a per-channel affine: GroupNorm with one group is exactly that, and fused.
-NORMS = {"instance": ("instance", {"affine": True}), "batch": "batch", "layer": ("group", {"num_groups": 1}), "none": None}
+NORMS = ("instance", "batch", "layer", "none")
+
+
+def norm_args(norm: str, channels: int) -> tuple | str | None:
+    """MONAI Norm factory arguments for a config norm name.
+
+    Instance norm (with affine) and layer norm (each sample over C, H, W, per-channel affine)
+    are both group norms, with ``channels`` groups and with one group: same maths, but one fused
+    kernel that keeps channels-last tensors as they are (``InstanceNorm2d`` copies them).
+    """
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    groups = {"instance": channels, "layer": 1}
+    if norm in groups:
+        return ("group", {"num_groups": groups[norm]})
+    return None if norm == "none" else norm
 
 
 def reflect_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, norm: str = "none", act: str | tuple | None = "relu") -> nn.Sequential:
     """Reflection pad -> conv -> norm -> activation, keeping ``size / stride`` spatially."""
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {sorted(NORMS)}, got {norm!r}")
     conv = Convolution(2, in_channels, out_channels, strides=stride, kernel_size=kernel_size, adn_ordering="NA",
-                       act=act, norm=NORMS[norm], padding=0, bias=True)  # fmt: skip
+                       act=act, norm=norm_args(norm, out_channels), padding=0, bias=True)  # fmt: skip
     pad = (kernel_size - 1) // 2, kernel_size // 2, (kernel_size - 1) // 2, kernel_size // 2
     return nn.Sequential(nn.ReflectionPad2d(pad if stride == 1 else (kernel_size - 1) // 2), conv)
 
