@@ -22,7 +22,7 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 def benchmark_drl(size: int = 128, dim: int = 64, batch: int = 1, iters: int = 10, warmup: int = 2, amp: str | None = None,
-                  channels_last: bool = True, device: str | None = None, seed: int = 0) -> dict:  # fmt: skip
+                  channels_last: bool = True, device: str | None = None, seed: int = 0) -> dict:
     """Seconds per full D+G iteration (``DRLTrainer._iteration``) at the paper's architecture
     (n_down 2, n_res 4, style 8, MLP 256, 3-scale discriminators with 4 layers), 1-channel images.
 
@@ -37,7 +37,7 @@ def benchmark_drl(size: int = 128, dim: int = 64, batch: int = 1, iters: int = 1
     batch_data = {"ct": torch.rand(batch, 1, size, size) * 2 - 1, "mr": torch.rand(batch, 1, size, size) * 2 - 1}
     trainer = DRLTrainer(device, 1, DataLoader([batch_data], batch_size=None), network, discriminators,
                          torch.optim.Adam(network.parameters(), **adam), torch.optim.Adam(discriminators.parameters(), **adam),
-                         amp_dtype=amp, channels_last=channels_last)  # fmt: skip
+                         amp_dtype=amp, channels_last=channels_last)
     trainer.state.device = device
     times = []
     for i in range(warmup + iters):

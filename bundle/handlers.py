@@ -71,7 +71,7 @@ class AtomicCheckpoint:
     """
 
     def __init__(self, save_dir: str, objects: dict, n_saved: int = 3, save_interval: int = 1, resume: bool = True,
-                 network: torch.nn.Module | None = None, final_path: str | None = None, map_location=None) -> None:  # fmt: skip
+                 network: torch.nn.Module | None = None, final_path: str | None = None, map_location=None) -> None:
         self.save_dir, self.objects, self.n_saved, self.save_interval = save_dir, dict(objects), n_saved, save_interval
         self.resume, self.network, self.final_path, self.map_location = resume, network, final_path, map_location
 
@@ -83,7 +83,7 @@ class AtomicCheckpoint:
         checkpoint = Checkpoint(
             self.objects, DiskSaver(self.save_dir, atomic=True, require_empty=False), filename_prefix=CHECKPOINT_PREFIX,
             n_saved=self.n_saved, global_step_transform=lambda e, _: e.state.iteration,
-        )  # fmt: skip
+        )
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), checkpoint)
         if self.final_path is not None and self.network is not None and idist.get_rank() == 0:
             engine.add_event_handler(Events.COMPLETED, self._save_final)
@@ -130,7 +130,7 @@ class DRLValidation:
     """
 
     def __init__(self, network: torch.nn.Module, source: torch.Tensor, target: torch.Tensor, output_dir: str,
-                 interval: int = 1, log_dir: str | None = None, n_images: int = 4, batch_size: int = 16) -> None:  # fmt: skip
+                 interval: int = 1, log_dir: str | None = None, n_images: int = 4, batch_size: int = 16) -> None:
         self.network, self.source, self.target = network, source, target
         self.output_dir = Path(output_dir)
         self.interval, self.n_images, self.batch_size = interval, n_images, batch_size
@@ -158,7 +158,7 @@ class DRLValidation:
         ct, mr = evenly_spaced(self.source, self.n_images).to(device), evenly_spaced(self.target, self.n_images).to(device)
         gen = torch.Generator(device=device).manual_seed(seed)
         rows = [ct, drl.content_only(ct, "ct"), drl.translate(ct, "ct", "mr", drl.random_style(len(ct), ct, gen)),
-                mr, drl.content_only(mr, "mr"), drl.translate(mr, "mr", "ct", drl.random_style(len(mr), mr, gen))]  # fmt: skip
+                mr, drl.content_only(mr, "mr"), drl.translate(mr, "mr", "ct", drl.random_style(len(mr), mr, gen))]
         n = min(len(ct), len(mr))
         return torch.stack([r[:n].float().cpu() for r in rows])
 

@@ -82,7 +82,7 @@ class DRLLoss(nn.Module):
 
     def forward(self, out: dict[str, torch.Tensor], x_ct: torch.Tensor, x_mr: torch.Tensor,
                 style_ct: torch.Tensor, style_mr: torch.Tensor, adversarial: torch.Tensor,
-                content_adversarial: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+                content_adversarial: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Returns every term and ``total``; ``style_*`` are the random styles used to translate."""
         terms = {
             "recon_ct": recon_loss(out["recon_ct"], x_ct),
@@ -92,7 +92,7 @@ class DRLLoss(nn.Module):
             "adv_g": adversarial,
         }
         terms["total"] = (self.alpha * (terms["recon_ct"] + terms["recon_mr"]) + self.beta * adversarial
-                          + self.gamma * (terms["latent_ct2mr"] + terms["latent_mr2ct"]))  # fmt: skip
+                          + self.gamma * (terms["latent_ct2mr"] + terms["latent_mr2ct"]))
         if content_adversarial is not None:
             terms["adv_content"] = content_adversarial
             terms["total"] = terms["total"] + self.delta * content_adversarial

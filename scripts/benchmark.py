@@ -20,11 +20,11 @@ class Benchmark:
     """Speed benchmarks of the bundle's hot paths."""
 
     def drl(self, size: int = 128, dim: int = 64, batch: int = 1, iters: int = 10, warmup: int = 2, amp: str | None = None,
-            channels_last: bool = True, device: str | None = None) -> None:  # fmt: skip
+            channels_last: bool = True, device: str | None = None) -> None:
         """Stage-1 training iteration (discriminator + generator update)."""
         result = benchmark_drl(size, dim, batch, iters, warmup, amp, channels_last, device)
         print(f"size={size} dim={dim} batch={batch} amp={amp} channels_last={channels_last} threads={torch.get_num_threads()} "
-              f"times=[{', '.join(f'{t:.3f}' for t in result['times'])}]")  # fmt: skip
+              f"times=[{', '.join(f'{t:.3f}' for t in result['times'])}]")
         print(f"drl s/iter={result['median']:.3f} peak_mem={result['peak_mem_mb']:.0f}MB")
 
 

@@ -12,8 +12,8 @@ from bundle.cli import run_cli  # noqa: E402
 from bundle.demo import run_demo  # noqa: E402
 
 
-def main(out: str = "demo_output", n_ct: int = 6, n_mr: int = 6, size: int = 96, seed: int = 0) -> None:
-    run_demo(out, n_ct=n_ct, n_mr=n_mr, size=size, seed=seed)
+def main(out: str = "demo_output", n_ct: int = 6, n_mr: int = 6, size: int = 96, seed: int = 0, drl_iterations: int = 300) -> None:
+    run_demo(out, n_ct=n_ct, n_mr=n_mr, size=size, seed=seed, drl_iterations=drl_iterations)
 
 
 if __name__ == "__main__":

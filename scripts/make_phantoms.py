@@ -19,7 +19,7 @@ def main(out: str, n_ct: int = 8, n_mr: int = 8, seed: int = 0, size: int = 128,
     main_list = datalists["datalist.json"]
     print(f"{out}: {n_ct} CT and {n_mr} MR subjects ({len(MR_SEQUENCES)} sequences each), {size}x{size} in-plane")
     print(f"datalists: {', '.join(sorted(datalists))} (source={len(main_list['source'])}, "
-          f"target={len(main_list['target'])}, target_test={len(main_list['target_test'])})")  # fmt: skip
+          f"target={len(main_list['target'])}, target_test={len(main_list['target_test'])})")
     if figure:
         root = Path(out)
         cases = [("CT", root / "ct/ct_000_image.nii.gz", root / "ct/ct_000_liver.nii.gz")]

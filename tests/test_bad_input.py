@@ -46,7 +46,7 @@ def bad(phantoms, tmp_path) -> dict:
         "4d": write(sitk.JoinSeries([ct, ct]), tmp_path / "four_d.nii.gz"), "nan": write(nan_image, tmp_path / "nan.nii.gz"),
         "empty": write(empty, tmp_path / "empty_mask.nii.gz"), "far": write(far, tmp_path / "far_mask.nii.gz"),
         "no_dicom": tmp_path / "no_dicom", "few_pngs": tmp_path / "few_pngs", "unwritable": tmp_path / "a_file/out",
-    }  # fmt: skip
+    }
 
 
 CASES = [

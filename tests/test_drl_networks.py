@@ -55,7 +55,7 @@ def test_losses_follow_equations_1_to_4():
     with pytest.raises(ValueError, match="adversarial mode"):
         AdversarialLoss("wgan")
     out = {"recon_ct": x, "recon_mr": x, "content_ct2mr": x, "content_ct": x, "style_ct2mr": torch.zeros(1, 8),
-           "content_mr2ct": x, "content_mr": x, "style_mr2ct": torch.zeros(1, 8)}  # fmt: skip
+           "content_mr2ct": x, "content_mr": x, "style_mr2ct": torch.zeros(1, 8)}
     terms = DRLLoss()(out, y, y, torch.zeros(1, 8), torch.ones(1, 8), torch.tensor(2.0))
     assert terms["total"] == pytest.approx(25 * 2 + 10 * 2 + 0.1 * 1)
 

@@ -30,7 +30,7 @@ def make_trainer(phantoms, iterations: int, batch: int = 2, content_adv: bool = 
     adam = dict(lr=1e-3, betas=(0.5, 0.999), weight_decay=1e-4)
     loader = DataLoader(UnpairedSlices(ct, mr, iterations * batch, seed=0), batch_size=batch)
     return DRLTrainer("cpu", 1, loader, network, discriminators, torch.optim.Adam(network.parameters(), **adam),
-                      torch.optim.Adam(discriminators.parameters(), **adam), loss=DRLLoss(delta=1.0))  # fmt: skip
+                      torch.optim.Adam(discriminators.parameters(), **adam), loss=DRLLoss(delta=1.0))
 
 
 def test_every_loss_term_is_finite_and_decreases_on_phantoms(phantoms):
@@ -69,7 +69,7 @@ def test_nan_loss_stops_with_a_clear_error(phantoms):
 def run_bundle(tmp_path, run: str, iterations: int, *extra: str) -> subprocess.CompletedProcess:
     args = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/drl_train.yaml",
             "--dataset_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / run), "--drl_path", str(tmp_path / run / "drl.pt"),
-            "--phantom_subjects", "2", "--max_iterations", str(iterations), *SMALL, *extra]  # fmt: skip
+            "--phantom_subjects", "2", "--max_iterations", str(iterations), *SMALL, *extra]
     result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -97,7 +97,7 @@ def test_ddp_two_processes_with_gloo_on_cpu(tmp_path):
     configs = "['configs/drl_train.yaml','configs/multi_gpu_drl_train.yaml']"
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run", "training",
             "--config_file", configs, "--dataset_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out"),
-            "--drl_path", str(tmp_path / "drl.pt"), "--phantom_subjects", "2", "--max_iterations", "20", *SMALL]  # fmt: skip
+            "--drl_path", str(tmp_path / "drl.pt"), "--phantom_subjects", "2", "--max_iterations", "20", *SMALL]
     result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "drl.pt").is_file()

@@ -15,7 +15,7 @@ def test_verify_metadata_passes_offline_against_the_bundled_schema():
         [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", "configs/metadata.json",
          "--filepath", "configs/schema/meta_schema_20240725.json"],
         cwd=ROOT, capture_output=True, text=True,
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "metadata is verified with no error" in result.stdout + result.stderr
 

@@ -36,7 +36,7 @@ def test_mask_in_another_orientation_is_aligned_in_physical_space(phantoms, tmp_
 def test_mask_on_a_coarser_grid_is_resampled_onto_the_image(phantoms, tmp_path):
     liver = sitk.ReadImage(str(phantoms / "mr/mr_000_liver.nii.gz"))
     coarse = sitk.Resample(liver, [s // 2 for s in liver.GetSize()], sitk.Transform(), sitk.sitkNearestNeighbor,
-                           liver.GetOrigin(), [2 * s for s in liver.GetSpacing()], liver.GetDirection())  # fmt: skip
+                           liver.GetOrigin(), [2 * s for s in liver.GetSpacing()], liver.GetDirection())
     sitk.WriteImage(coarse, str(tmp_path / "coarse.nrrd"))
     prepare_case(phantoms / "mr/mr_000_t2_image.nii.gz", tmp_path / "coarse.nrrd", tmp_path, "mr")
     got, want = array(tmp_path / "mr_liver.nii.gz") > 0, array(phantoms / "mr/mr_000_liver.nii.gz") > 0
@@ -79,7 +79,7 @@ def test_datalist_has_relative_paths_and_the_three_splits(phantoms, tmp_path):
         prepare_case(phantoms / f"ct/{subject}_image.nii.gz", phantoms / f"ct/{subject}_liver.nii.gz", tmp_path / "ct", subject)
     prepare_case(phantoms / "mr/mr_000_t2_image.nii.gz", phantoms / "mr/mr_000_liver.nii.gz", tmp_path / "mr", "mr_000")
     result = run_script("prepare_data.py", "datalist", "--source", tmp_path / "ct", "--target", tmp_path / "mr",
-                        "--target_test", tmp_path / "mr", "--out", tmp_path / "lists/datalist.json")  # fmt: skip
+                        "--target_test", tmp_path / "mr", "--out", tmp_path / "lists/datalist.json")
     assert result.returncode == 0, result.stderr
     datalist = json.loads((tmp_path / "lists/datalist.json").read_text())
     assert datalist["source"][1] == {"image": "../ct/ct_001_image.nii.gz", "label": "../ct/ct_001_liver.nii.gz", "subject": "ct_001"}
@@ -93,7 +93,7 @@ def test_datalist_has_relative_paths_and_the_three_splits(phantoms, tmp_path):
 
 def test_case_cli_prints_a_summary(phantoms, tmp_path):
     result = run_script("prepare_data.py", "case", "--image", phantoms / "mr/mr_002_t1_pre_image.nii.gz",
-                        "--mask", phantoms / "mr/mr_002_labels.nii.gz", "--liver_label", 1, "--out", tmp_path, "--name", "p")  # fmt: skip
+                        "--mask", phantoms / "mr/mr_002_labels.nii.gz", "--liver_label", 1, "--out", tmp_path, "--name", "p")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["name"] == "p" and summary["side"] == "right" and summary["liver_ml"] > 100

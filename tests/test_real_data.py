@@ -30,7 +30,7 @@ WHOLE_LIVER = {"chaos_ct_1", "totalseg_ct", *MR_CASES}  # scans that cover the w
 def prepared(tmp_path_factory):
     out = tmp_path_factory.mktemp("real")
     result = subprocess.run(["bash", "scripts/prepare_real.sh", str(REAL), str(out)], cwd=ROOT, capture_output=True, text=True,
-                            env={**os.environ, "PYTHON": sys.executable})  # fmt: skip
+                            env={**os.environ, "PYTHON": sys.executable})
     assert result.returncode == 0, result.stderr[-2000:]
     return out
 

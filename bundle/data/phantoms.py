@@ -29,7 +29,7 @@ __all__ = ["LABELS", "MR_SEQUENCES", "Anatomy", "make_anatomy", "render_ct", "re
 LABELS = {
     "background": 0, "liver": 1, "spleen": 2, "kidney_right": 3, "kidney_left": 4, "aorta": 5,
     "spine": 6, "muscle": 7, "subcutaneous_fat": 8, "gas": 9, "bowel": 10, "abdominal_cavity": 11,
-}  # fmt: skip
+}
 MR_SEQUENCES = ("t1_pre", "t1_arterial", "t1_portal", "t2")
 
 # Tissues are finer than labels: they decide intensities (vessels inside the liver, bone cortex vs marrow).
@@ -47,7 +47,7 @@ _MR = {
     "t1_arterial": [0.0, 0.95, 0.33, None, 0.10, 0.0, 0.60, 0.50, 0.85, 0.95, 0.95, 1.20, 0.65, 0.04],
     "t1_portal":   [0.0, 0.95, 0.35, None, 0.10, 0.0, 0.85, 0.95, 0.80, 0.85, 0.85, 0.80, 0.65, 0.04],
     "t2":          [0.0, 0.15, 0.12, None, 1.00, 0.0, 0.22, 0.05, 0.60, 0.65, 0.65, 0.05, 0.22, 0.03],
-}  # fmt: skip
+}
 _CAVITY = {"ct": (-100, 40), "t1_pre": (1.0, 0.35), "t1_arterial": (0.95, 0.40), "t1_portal": (0.95, 0.45), "t2": (0.15, 0.30)}
 
 Z_RANGE_MM = (-100.0, 100.0)  # cranio-caudal coverage: liver dome to below the kidneys
@@ -267,7 +267,7 @@ def make_phantoms(out: str | Path, n_ct: int = 8, n_mr: int = 8, seed: int = 0, 
         name = f"ct_{i:03d}"
         _write(out / "ct", {f"{name}_image.nii.gz": render_ct(anatomy, rng),
                             f"{name}_liver.nii.gz": (anatomy.labels == 1).astype(np.uint8),
-                            f"{name}_labels.nii.gz": anatomy.labels}, anatomy)  # fmt: skip
+                            f"{name}_labels.nii.gz": anatomy.labels}, anatomy)
         source.append({"image": f"ct/{name}_image.nii.gz", "label": f"ct/{name}_liver.nii.gz", "subject": name})
     for j in range(n_mr):
         rng = _subject_rng(seed, 1, j)

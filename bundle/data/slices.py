@@ -84,7 +84,7 @@ def volume_transform(modality: str, with_label: bool = False) -> Compose:
         Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         normalise,
         EnsureTyped(keys, dtype=torch.float32, track_meta=False),
-    ])  # fmt: skip
+    ])
 
 
 def _to_slices(volume: torch.Tensor, image_size: int, mode: str, pad_value: float) -> torch.Tensor:
@@ -94,8 +94,13 @@ def _to_slices(volume: torch.Tensor, image_size: int, mode: str, pad_value: floa
     return torch.stack([torch.as_tensor(pad(resize(volume[..., k]))) for k in range(volume.shape[-1])])
 
 
+def _plain_cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate, dropping MetaTensor wrappers: slices are plain training tensors."""
+    return torch.cat(parts).as_subclass(torch.Tensor)
+
+
 def load_slices(datalist: str | Path, section: str, modality: str, image_size: int, with_label: bool = False,
-                min_foreground: float = 0.05, num_workers: int = 0) -> dict[str, torch.Tensor]:  # fmt: skip
+                min_foreground: float = 0.05, num_workers: int = 0) -> dict[str, torch.Tensor]:
     """All usable axial slices of a datalist section, as tensors.
 
     Returns ``{"image": (N,1,S,S), "subject": (N,) index into the section}`` and ``"label"`` (0/1)
@@ -112,10 +117,9 @@ def load_slices(datalist: str | Path, section: str, modality: str, image_size: i
         subjects.append(torch.full((int(keep.sum()),), i))
         if with_label:
             labels.append((_to_slices(item["label"], image_size, "nearest", 0.0)[keep] > 0.5).float())
-    plain = lambda parts: torch.cat(parts).as_subclass(torch.Tensor)  # noqa: E731  (drop MetaTensor wrappers)
-    out = {"image": plain(images), "subject": torch.cat(subjects)}
+    out = {"image": _plain_cat(images), "subject": torch.cat(subjects)}
     if with_label:
-        out["label"] = plain(labels)
+        out["label"] = _plain_cat(labels)
     if len(out["image"]) == 0:
         raise DataError(datalist, f"section {section!r} has no slice with anatomy")
     return out

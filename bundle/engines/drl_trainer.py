@@ -71,7 +71,7 @@ class DRLTrainer(Trainer):
         super().__init__(
             device=device, max_epochs=max_epochs, data_loader=train_data_loader, epoch_length=epoch_length,
             handlers=train_handlers, iteration_update=iteration_update, decollate=False,
-        )  # fmt: skip
+        )
         self.network = network
         self.discriminators = discriminators
         self.g_optimizer = g_optimizer
@@ -128,9 +128,9 @@ class DRLTrainer(Trainer):
             scores_ct, scores_mr, scores_content = engine.discriminators(
                 torch.cat([x_ct, out["mr2ct"].detach()]), torch.cat([x_mr, out["ct2mr"].detach()]),
                 out["content_ct"].detach(), out["content_mr"].detach(),
-            )  # fmt: skip
+            )
         d_loss = engine.adversarial.discriminator([s[:n] for s in scores_ct], [s[n:] for s in scores_ct]) + \
-            engine.adversarial.discriminator([s[:n] for s in scores_mr], [s[n:] for s in scores_mr])  # fmt: skip
+            engine.adversarial.discriminator([s[:n] for s in scores_mr], [s[n:] for s in scores_mr])
         if scores_content is not None:
             d_loss = d_loss + engine.content_adversarial.discriminator(scores_content, n)
         engine.scalers["d"].scale(d_loss).backward()

@@ -9,4 +9,4 @@ from bundle.networks.generator import Generator
 __all__ = [
     "AdaINResBlock", "AdaptiveInstanceNorm", "ContentEncoder", "StyleEncoder", "Generator",
     "MultiScaleDiscriminator", "ContentDiscriminator", "DomainDiscriminators", "DRLModule",
-]  # fmt: skip
+]

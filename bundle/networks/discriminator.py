@@ -65,7 +65,7 @@ class ContentDiscriminator(nn.Module):
         super().__init__()
         act = ("leakyrelu", {"negative_slope": 0.2})
         self.features = nn.Sequential(reflect_conv(channels, dim, 3, stride=2, act=act), reflect_conv(dim, dim, 3, stride=2, act=act),
-                                      reflect_conv(dim, dim, 3, stride=2, act=act))  # fmt: skip
+                                      reflect_conv(dim, dim, 3, stride=2, act=act))
         self.head = nn.Linear(dim, 1)
 
     def forward(self, content: torch.Tensor) -> torch.Tensor:
@@ -89,7 +89,7 @@ class DomainDiscriminators(nn.Module):
         self.content = ContentDiscriminator(content_channels, dim) if content_channels > 0 else None
 
     def forward(self, x_ct: torch.Tensor, x_mr: torch.Tensor, content_ct: Optional[torch.Tensor] = None,
-                content_mr: Optional[torch.Tensor] = None) -> tuple[list[torch.Tensor], list[torch.Tensor], Optional[torch.Tensor]]:  # fmt: skip
+                content_mr: Optional[torch.Tensor] = None) -> tuple[list[torch.Tensor], list[torch.Tensor], Optional[torch.Tensor]]:
         """Image scores of both domains and, with a content discriminator, content scores of
         ``cat([content_ct, content_mr])``."""
         content = None

@@ -113,4 +113,4 @@ class DRLModule(nn.Module):
             "recon_ct": self.decode(c_ct, s_ct, "ct"), "recon_mr": self.decode(c_mr, s_mr, "mr"),
             "ct2mr": ct2mr, "mr2ct": mr2ct,
             "content_ct2mr": c_ct2mr, "style_ct2mr": s_ct2mr, "content_mr2ct": c_mr2ct, "style_mr2ct": s_mr2ct,
-        }  # fmt: skip
+        }

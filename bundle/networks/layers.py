@@ -33,7 +33,7 @@ def norm_args(norm: str, channels: int) -> tuple | str | None:
 def reflect_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, norm: str = "none", act: str | tuple | None = "relu") -> nn.Sequential:
     """Reflection pad -> conv -> norm -> activation, keeping ``size / stride`` spatially."""
     conv = Convolution(2, in_channels, out_channels, strides=stride, kernel_size=kernel_size, adn_ordering="NA",
-                       act=act, norm=norm_args(norm, out_channels), padding=0, bias=True)  # fmt: skip
+                       act=act, norm=norm_args(norm, out_channels), padding=0, bias=True)
     pad = (kernel_size - 1) // 2, kernel_size // 2, (kernel_size - 1) // 2, kernel_size // 2
     return nn.Sequential(nn.ReflectionPad2d(pad if stride == 1 else (kernel_size - 1) // 2), conv)
 
