@@ -62,8 +62,10 @@ def test_nan_loss_stops_with_a_clear_error(phantoms):
     trainer = make_trainer(phantoms, iterations=2)
     bad = {"ct": torch.full((2, 1, 64, 64), float("nan")), "mr": torch.zeros(2, 1, 64, 64)}
     trainer.state.device, trainer.state.iteration = torch.device("cpu"), 7
+    before = [p.clone() for p in trainer.discriminators.parameters()]
     with pytest.raises(FloatingPointError, match="non-finite DRL loss at iteration 7"):
         trainer._iteration(trainer, bad)
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.discriminators.parameters()))  # no step taken with NaN
 
 
 def run_bundle(tmp_path, run: str, iterations: int, *extra: str) -> subprocess.CompletedProcess:

@@ -104,13 +104,16 @@ class DRLTrainer(Trainer):
         return drl.random_style(x.shape[0], x, gen), drl.random_style(x.shape[0], x, gen)
 
     @staticmethod
-    def _check_finite(losses: dict[str, float], iteration: int) -> None:
-        bad = {k: v for k, v in losses.items() if not torch.isfinite(torch.tensor(v))}
+    def _checked(terms: dict[str, torch.Tensor], iteration: int) -> dict[str, float]:
+        """Loss values as floats; non-finite ones stop training before any optimiser step uses them."""
+        values = {k: float(v.detach()) for k, v in terms.items()}
+        bad = {k: v for k, v in values.items() if not torch.isfinite(torch.tensor(v))}
         if bad:
             raise FloatingPointError(f"non-finite DRL loss at iteration {iteration}: {bad}; lower the learning rate or disable AMP")
+        return values
 
     def _iteration(self, engine: DRLTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:
-        """One DRL iteration; returns the loss terms (floats) and the batch's images (detached)."""
+        """One DRL iteration; returns ``{"losses": {term: float}}``."""
         if batchdata is None:
             raise ValueError("must provide batch data for current iteration.")
         x_ct = batchdata["ct"].to(engine.state.device, non_blocking=True, memory_format=engine.memory_format)
@@ -133,6 +136,7 @@ class DRLTrainer(Trainer):
             engine.adversarial.discriminator([s[:n] for s in scores_mr], [s[n:] for s in scores_mr])
         if scores_content is not None:
             d_loss = d_loss + engine.content_adversarial.discriminator(scores_content, n)
+        losses = engine._checked({"adv_d": d_loss}, engine.state.iteration)
         engine.scalers["d"].scale(d_loss).backward()
         engine.scalers["d"].step(engine.d_optimizer)
         engine.scalers["d"].update()
@@ -148,6 +152,7 @@ class DRLTrainer(Trainer):
             if discriminators.content is not None:
                 adv_content = engine.content_adversarial.encoder(discriminators.content(torch.cat([out["content_ct"], out["content_mr"]])))
         terms = engine.loss(out, x_ct, x_mr, style_ct, style_mr, adv_g, adv_content)
+        losses = engine._checked(terms, engine.state.iteration) | losses
         engine.g_optimizer.zero_grad(set_to_none=True)
         engine.scalers["g"].scale(terms["total"]).backward()
         engine.scalers["g"].step(engine.g_optimizer)
@@ -155,7 +160,4 @@ class DRLTrainer(Trainer):
         for p in discriminators.parameters():
             p.requires_grad_(True)
 
-        losses = {k: float(v.detach()) for k, v in terms.items()} | {"adv_d": float(d_loss.detach())}
-        engine._check_finite(losses, engine.state.iteration)
-        images = {"ct": x_ct, "mr": x_mr, "ct2mr": out["ct2mr"], "mr2ct": out["mr2ct"], "recon_ct": out["recon_ct"], "recon_mr": out["recon_mr"]}
-        return {"losses": losses, "images": {k: v.detach() for k, v in images.items()}}
+        return {"losses": losses}
