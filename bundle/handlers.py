@@ -111,8 +111,8 @@ class DRLValidation:
     """Every ``interval`` epochs: measurable signals that the disentangling works.
 
     - ``recon_l1_ct`` / ``recon_l1_mr``: in-domain reconstruction error on fixed slices;
-    - ``content_domain_acc``: how well a logistic regression tells CT from MR content codes
-      (near 0.5 = a shared content space);
+    - ``content_domain_acc``: how well a logistic regression tells CT from MR content codes,
+      cross-validated over held-out subjects (near 0.5 = a shared content space);
     - an image grid (rows: CT, content-only CT, CT->MR with a random style, MR, content-only
       MR, MR->CT) written to TensorBoard and as PNG under ``output_dir/images``.
 
@@ -120,18 +120,21 @@ class DRLValidation:
 
     Args:
         network: the DRLModule (optionally DDP-wrapped).
-        source: fixed CT validation slices (N, 1, S, S).
-        target: fixed MR validation slices (M, 1, S, S).
+        source: CT slices ``{"image": (N, 1, S, S), "subject": (N,)}`` (``load_slices`` output).
+        target: MR slices, the same way.
         output_dir: where ``validation.jsonl`` and ``images/`` go.
+        n_slices: fixed validation slices per domain, spread evenly over each set.
         interval: epochs between validations.
         log_dir: TensorBoard folder (``None``: no TensorBoard).
         n_images: columns of the image grid.
         batch_size: validation batch size.
     """
 
-    def __init__(self, network: torch.nn.Module, source: torch.Tensor, target: torch.Tensor, output_dir: str,
+    def __init__(self, network: torch.nn.Module, source: dict, target: dict, output_dir: str, n_slices: int = 64,
                  interval: int = 1, log_dir: str | None = None, n_images: int = 4, batch_size: int = 16) -> None:
-        self.network, self.source, self.target = network, source, target
+        self.network = network
+        self.source, self.source_subjects = evenly_spaced(source["image"], n_slices), evenly_spaced(source["subject"], n_slices)
+        self.target, self.target_subjects = evenly_spaced(target["image"], n_slices), evenly_spaced(target["subject"], n_slices)
         self.output_dir = Path(output_dir)
         self.interval, self.n_images, self.batch_size = interval, n_images, batch_size
         self.log_dir = log_dir
@@ -162,18 +165,21 @@ class DRLValidation:
         n = min(len(ct), len(mr))
         return torch.stack([r[:n].float().cpu() for r in rows])
 
-    def __call__(self, engine: Engine) -> None:
-        device = torch.device(engine.state.device)
+    def compute(self, device: torch.device) -> tuple[dict[str, float], torch.Tensor]:
+        """The validation metrics and image grid of the network as it is now."""
         network = unwrap(self.network)
         was_training = network.training
         network.eval()
         try:
             recon_ct, codes_ct = self._run(self.source, "ct", device)
             recon_mr, codes_mr = self._run(self.target, "mr", device)
-            metrics = {"recon_l1_ct": recon_ct, "recon_l1_mr": recon_mr, "content_domain_acc": content_domain_accuracy(codes_ct, codes_mr)}
-            grid = self.grid(device)
+            accuracy = content_domain_accuracy(codes_ct, codes_mr, self.source_subjects, self.target_subjects)
+            return {"recon_l1_ct": recon_ct, "recon_l1_mr": recon_mr, "content_domain_acc": accuracy}, self.grid(device)
         finally:
             network.train(was_training)
+
+    def __call__(self, engine: Engine) -> None:
+        metrics, grid = self.compute(torch.device(engine.state.device))
         iteration = engine.state.iteration
         engine.state.metrics.update(metrics)
         logger.info("validation at iteration %d: %s", iteration, {k: round(v, 4) for k, v in metrics.items()})

@@ -13,22 +13,35 @@ def _features(content: torch.Tensor) -> torch.Tensor:
     return torch.cat([content.mean(dim=(2, 3)), content.std(dim=(2, 3))], dim=1)
 
 
-def content_domain_accuracy(content_ct: torch.Tensor, content_mr: torch.Tensor, folds: int = 2, l2: float = 1e-2, seed: int = 0) -> float:
-    """Cross-validated accuracy of a logistic-regression classifier telling CT from MR content codes.
+def _folds(n: int, subjects: torch.Tensor | None, folds: int) -> torch.Tensor:
+    """Fold of every code: by subject when there are enough subjects, else interleaved slices."""
+    if subjects is not None:
+        ids = torch.unique(subjects)
+        if len(ids) >= folds:
+            rank = torch.searchsorted(ids, subjects)
+            return rank % folds
+    return torch.arange(n) % folds
 
-    Near 0.5 (chance, classes balanced) means the content space is shared across modalities,
-    the paper's p(c1) = p(c2); near 1.0 means the codes still carry the modality.
+
+def content_domain_accuracy(content_ct: torch.Tensor, content_mr: torch.Tensor, subjects_ct: torch.Tensor | None = None,
+                            subjects_mr: torch.Tensor | None = None, folds: int = 2, l2: float = 1e-2) -> float:
+    """Cross-validated balanced accuracy of a logistic-regression classifier telling CT from MR
+    content codes (features: per-channel mean and std of each code).
+
+    Near 0.5 (chance) means the content space is shared across modalities, the paper's
+    p(c1) = p(c2); near 1.0 means the codes still carry the modality. With subject ids the folds
+    hold out whole subjects: per-channel statistics also identify anatomy and people (CT and MR
+    subjects differ), and a classifier tested on the subjects it was fitted to would score the
+    people, not the modality.
     """
-    n = min(len(content_ct), len(content_mr))
-    if n < folds:
-        raise ValueError(f"need at least {folds} content codes per domain, got {n}")
-    x = torch.cat([_features(content_ct[:n]), _features(content_mr[:n])]).double()
-    y = torch.cat([torch.zeros(n), torch.ones(n)]).double()
-    order = torch.randperm(2 * n, generator=torch.Generator().manual_seed(seed))
-    x, y = x[order], y[order]
-    correct = 0
-    for fold in range(folds):
-        test = torch.arange(2 * n) % folds == fold
+    if min(len(content_ct), len(content_mr)) < folds:
+        raise ValueError(f"need at least {folds} content codes per domain, got {len(content_ct)} and {len(content_mr)}")
+    x = torch.cat([_features(content_ct), _features(content_mr)]).double()
+    y = torch.cat([torch.zeros(len(content_ct)), torch.ones(len(content_mr))]).double()
+    fold = torch.cat([_folds(len(content_ct), subjects_ct, folds), _folds(len(content_mr), subjects_mr, folds)])
+    hits = torch.zeros(2, dtype=torch.float64)
+    for k in range(folds):
+        test = fold == k
         mean, std = x[~test].mean(0), x[~test].std(0) + 1e-6
         xtr, xte = (x[~test] - mean) / std, (x[test] - mean) / std
         w = torch.zeros(x.shape[1] + 1, dtype=torch.float64, requires_grad=True)
@@ -42,5 +55,7 @@ def content_domain_accuracy(content_ct: torch.Tensor, content_mr: torch.Tensor, 
 
         opt.step(closure)
         with torch.no_grad():
-            correct += int(((xte @ w[:-1] + w[-1] > 0).double() == y[test]).sum())
-    return correct / (2 * n)
+            right = ((xte @ w[:-1] + w[-1] > 0).double() == y[test]).double()
+            for label in (0, 1):
+                hits[label] += right[y[test] == label].sum()
+    return float((hits[0] / len(content_ct) + hits[1] / len(content_mr)) / 2)

@@ -156,7 +156,7 @@ class UnpairedSlices(Dataset):
 
 
 def evenly_spaced(slices: torch.Tensor, n: int) -> torch.Tensor:
-    """``n`` slices spread over the set (all if fewer): a fixed validation sample."""
+    """``n`` items spread over the set (all if fewer): a fixed validation sample."""
     index = np.linspace(0, len(slices) - 1, num=min(n, len(slices))).round().astype(int)
     return slices[index]
 

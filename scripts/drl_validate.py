@@ -1,0 +1,34 @@
+"""Stage-1 validation signals of a trained DRLModule on a datalist (what training logs, once).
+
+    python scripts/drl_validate.py --drl models/drl.pt --datalist DATALIST --image_size 64 --dim 16 [--shared_res 1]
+
+Prints one JSON line: reconstruction L1 per domain and the content-code domain classifier
+accuracy (folds hold out subjects; 0.5 = shared content space).
+"""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from bundle.cli import run_cli  # noqa: E402
+from bundle.data.slices import load_slices  # noqa: E402
+from bundle.handlers import DRLValidation  # noqa: E402
+from bundle.networks import DRLModule  # noqa: E402
+
+
+def main(drl: str, datalist: str, image_size: int = 256, dim: int = 64, n_down: int = 2, n_res: int = 4, shared_res: int = 0,
+         norm: str = "instance", n_slices: int = 64) -> None:
+    network = DRLModule(dim=dim, n_down=n_down, n_res=n_res, shared_res=shared_res, norm=norm)
+    network.load_state_dict(torch.load(drl, map_location="cpu", weights_only=True))
+    source = load_slices(datalist, "source", "ct", image_size)
+    target = load_slices(datalist, "target", "mr", image_size)
+    metrics, _ = DRLValidation(network, source, target, output_dir=".", n_slices=n_slices).compute(torch.device("cpu"))
+    print(json.dumps({"drl": drl, **{k: round(v, 4) for k, v in metrics.items()}}))
+
+
+if __name__ == "__main__":
+    run_cli(main)
