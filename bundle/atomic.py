@@ -8,13 +8,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from bundle.errors import DataError
+
 __all__ = ["atomic_outputs", "check_writable_dir"]
 
 
 def check_writable_dir(path: str | Path) -> Path:
     """Create ``path`` if needed and make sure files can be written there, before any work starts."""
-    from bundle.errors import DataError
-
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
