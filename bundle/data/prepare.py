@@ -98,7 +98,8 @@ def liver_stats(image: sitk.Image, liver: sitk.Image) -> dict:
     """
     array = sitk.GetArrayViewFromImage(image).astype(np.float64)
     mask = sitk.GetArrayViewFromImage(liver) > 0
-    body = sitk.GetArrayViewFromImage(sitk.OtsuThreshold(image, 0, 1)) > 0
+    # A copy, not a view: a view of the temporary Otsu image would dangle once it is freed.
+    body = sitk.GetArrayFromImage(sitk.OtsuThreshold(image, 0, 1)) > 0
 
     def centroid(m: np.ndarray) -> np.ndarray:
         zyx = np.argwhere(m).mean(axis=0)
