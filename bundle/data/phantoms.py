@@ -242,7 +242,8 @@ def make_phantoms(out: str | Path, n_ct: int = 8, n_mr: int = 8, seed: int = 0, 
     Datalists: ``datalist.json`` (target = T1 pre-contrast, the paper's experiment 1),
     ``datalist_<sequence>.json`` for each sequence and ``datalist_multiphase.json`` (the three T1
     phases, experiment 3). The last ``n_mr_test`` MR subjects (default a quarter) are the labelled
-    ``target_test`` split; the others are the unlabelled ``target``.
+    ``target_test`` split; the others are the unlabelled ``target``. ``target_labelled`` holds the
+    ``target`` subjects with their masks, for the supervised MR upper bound and joint-domain learning.
 
     Args:
         out: output folder.
@@ -297,7 +298,8 @@ def _write_datalists(out: Path, source: list[dict], target: list[str], test: lis
     variants["datalist.json"] = ("t1_pre",)
     written = {}
     for filename, sequences in variants.items():
-        datalist = {"source": source, "target": entries(target, sequences, False), "target_test": entries(test, sequences, True)}
+        datalist = {"source": source, "target": entries(target, sequences, False), "target_test": entries(test, sequences, True),
+                    "target_labelled": entries(target, sequences, True)}
         with atomic_outputs([out / filename]) as (tmp,):
             tmp.write_text(json.dumps(datalist, indent=2) + os.linesep)
         written[filename] = datalist

@@ -17,9 +17,11 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from monai.data import ImageReader
+
 from bundle.errors import DataError
 
-__all__ = ["Volume", "read_image", "read_mask", "natural_key", "IMAGE_SUFFIXES"]
+__all__ = ["Volume", "read_image", "read_mask", "natural_key", "IMAGE_SUFFIXES", "SimpleITKReader", "case_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -183,3 +185,42 @@ def read_mask(path: str | Path, reference: Volume) -> sitk.Image:
     if values.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
         raise DataError(path, "holds non-integer values; a label map is expected")
     return mask
+
+
+def case_name(path: str | Path) -> str:
+    """A case's name: the file name without its image suffix, or the DICOM folder's name."""
+    name = Path(path).name
+    for suffix in IMAGE_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+class SimpleITKReader(ImageReader):
+    """MONAI ``LoadImage`` reader built on :func:`read_image`: every container, every check.
+
+    MONAI reads DICOM folders and NRRD with ITK (``itk``), a large extra dependency; this
+    reader uses SimpleITK, already needed for data preparation, and gives MONAI's loaders the
+    same validation and error messages as the preparation scripts. Arrays are (x, y, z) with
+    a RAS affine, like MONAI's own readers.
+    """
+
+    def verify_suffix(self, filename) -> bool:
+        return all(Path(f).is_dir() or str(f).endswith(IMAGE_SUFFIXES) for f in ([filename] if isinstance(filename, (str, Path)) else filename))
+
+    def read(self, data, **kwargs) -> Volume:
+        paths = [data] if isinstance(data, (str, Path)) else list(data)
+        if len(paths) != 1:
+            raise ValueError(f"SimpleITKReader reads one volume at a time, got {len(paths)} paths")
+        return read_image(paths[0])
+
+    def get_data(self, img: Volume) -> tuple[np.ndarray, dict]:
+        image = img.image
+        array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+        lps = np.eye(4)
+        lps[:3, :3] = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
+        lps[:3, 3] = image.GetOrigin()
+        affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+        meta = {"affine": affine, "original_affine": affine.copy(), "spatial_shape": np.array(array.shape),
+                "original_channel_dim": float("nan"), "space": "RAS"}
+        return array, meta

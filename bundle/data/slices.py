@@ -21,17 +21,17 @@ from monai.transforms import (
     EnsureTyped,
     LoadImaged,
     Orientationd,
-    Resize,
     ScaleIntensityRanged,
     ScaleIntensityRangePercentilesd,
-    SpatialPad,
 )
 from torch.utils.data import Dataset
 
 from bundle.data.phantoms import make_phantoms
+from bundle.data.readers import SimpleITKReader
 from bundle.errors import DataError
+from bundle.networks.geometry import to_square
 
-__all__ = ["CT_WINDOW", "MR_PERCENTILES", "read_datalist", "ensure_datalist", "volume_transform", "load_slices", "UnpairedSlices", "evenly_spaced"]
+__all__ = ["CT_WINDOW", "MR_PERCENTILES", "read_datalist", "ensure_datalist", "volume_transform", "volume_slices", "load_slices", "UnpairedSlices", "evenly_spaced"]
 
 CT_WINDOW = (-250.0, 350.0)  # HU mapped to [-1, 1]: soft tissue with fat and enhanced vessels in range
 MR_PERCENTILES = (0.5, 99.5)  # MR has no units: its own robust range maps to [-1, 1]
@@ -69,8 +69,11 @@ def ensure_datalist(path: str | Path, n_ct: int = 8, n_mr: int = 8, size: int = 
     return str(path)
 
 
-def volume_transform(modality: str, with_label: bool = False) -> Compose:
-    """Deterministic volume preprocessing: load, channel first, RAS, per-modality intensity."""
+def volume_transform(modality: str, with_label: bool = False, track_meta: bool = False) -> Compose:
+    """Deterministic volume preprocessing: load, channel first, RAS, per-modality intensity.
+
+    Training drops the metadata; inference keeps it (``track_meta``) to invert the reorientation.
+    """
     keys = ["image", "label"] if with_label else ["image"]
     if modality == "ct":
         normalise = ScaleIntensityRanged("image", *CT_WINDOW, b_min=-1.0, b_max=1.0, clip=True)
@@ -79,19 +82,17 @@ def volume_transform(modality: str, with_label: bool = False) -> Compose:
     else:
         raise ValueError(f"modality must be 'ct' or 'mr', got {modality!r}")
     return Compose([
-        LoadImaged(keys, image_only=True),
+        LoadImaged(keys, reader=SimpleITKReader(), image_only=True),
         EnsureChannelFirstd(keys),
         Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         normalise,
-        EnsureTyped(keys, dtype=torch.float32, track_meta=False),
+        EnsureTyped(keys, dtype=torch.float32, track_meta=track_meta),
     ])
 
 
 def _to_slices(volume: torch.Tensor, image_size: int, mode: str, pad_value: float) -> torch.Tensor:
-    """(1, H, W, D) -> (D, 1, S, S): each axial slice resized (longest side = S) and padded square."""
-    resize = Resize(image_size, size_mode="longest", mode=mode, anti_aliasing=mode != "nearest")
-    pad = SpatialPad((image_size, image_size), value=pad_value)
-    return torch.stack([torch.as_tensor(pad(resize(volume[..., k]))) for k in range(volume.shape[-1])])
+    """(1, H, W, D) -> (D, 1, S, S): the axial slices, each brought to the networks' square input."""
+    return to_square(torch.as_tensor(volume).permute(3, 0, 1, 2), image_size, mode, pad_value)
 
 
 def _plain_cat(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -99,19 +100,23 @@ def _plain_cat(parts: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(parts).as_subclass(torch.Tensor)
 
 
-def load_slices(datalist: str | Path, section: str, modality: str, image_size: int, with_label: bool = False,
-                min_foreground: float = 0.05, num_workers: int = 0) -> dict[str, torch.Tensor]:
-    """All usable axial slices of a datalist section, as tensors.
+def volume_slices(entries: list[dict], modality: str, image_size: int, with_label: bool = False,
+                  min_foreground: float = 0.05, num_workers: int = 0, source: str | Path = "datalist") -> dict[str, torch.Tensor]:
+    """All usable axial slices of the volumes ``entries`` (dicts with ``image`` [and ``label``] paths).
 
-    Returns ``{"image": (N,1,S,S), "subject": (N,) index into the section}`` and ``"label"`` (0/1)
+    Returns ``{"image": (N,1,S,S), "subject": (N,) index into entries}`` and ``"label"`` (0/1)
     when ``with_label``. Slices where less than ``min_foreground`` of the pixels are above the
-    background (-1) are dropped: they teach nothing about anatomy.
+    background (-1) are dropped: they teach nothing about anatomy. ``source`` names the entries'
+    origin in errors.
     """
-    entries = read_datalist(datalist, section)
+    if not entries:
+        raise DataError(source, f"has no {modality.upper()} volumes")
+    if with_label and (missing := [e["image"] for e in entries if "label" not in e]):
+        raise DataError(source, f"has no label for {len(missing)} volume(s), e.g. {missing[0]}")
     volumes = CacheDataset(entries, volume_transform(modality, with_label), num_workers=num_workers, progress=False)
     images, labels, subjects = [], [], []
     for i, item in enumerate(volumes):
-        image = _to_slices(item["image"], image_size, "area", -1.0)
+        image = _to_slices(item["image"], image_size, "bilinear", -1.0)
         keep = (image > -0.95).float().mean(dim=(1, 2, 3)) >= min_foreground
         images.append(image[keep])
         subjects.append(torch.full((int(keep.sum()),), i))
@@ -121,8 +126,15 @@ def load_slices(datalist: str | Path, section: str, modality: str, image_size: i
     if with_label:
         out["label"] = _plain_cat(labels)
     if len(out["image"]) == 0:
-        raise DataError(datalist, f"section {section!r} has no slice with anatomy")
+        raise DataError(source, f"has no {modality.upper()} slice with anatomy")
     return out
+
+
+def load_slices(datalist: str | Path, section: str, modality: str, image_size: int, with_label: bool = False,
+                min_foreground: float = 0.05, num_workers: int = 0) -> dict[str, torch.Tensor]:
+    """:func:`volume_slices` of one datalist section."""
+    entries = read_datalist(datalist, section)
+    return volume_slices(entries, modality, image_size, with_label, min_foreground, num_workers, source=f"{datalist} [{section}]")
 
 
 class UnpairedSlices(Dataset):

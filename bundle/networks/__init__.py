@@ -1,12 +1,14 @@
-"""Networks of the DRLModule (paper Fig. 2): content/style encoders, AdaIN generator, discriminators."""
+"""Networks of the DRLModule (paper Fig. 2) and the inference network built from it (content-only image -> UNet)."""
 
 from bundle.networks.adain import AdaINResBlock, AdaptiveInstanceNorm
 from bundle.networks.discriminator import ContentDiscriminator, DomainDiscriminators, MultiScaleDiscriminator
 from bundle.networks.drl import DRLModule
 from bundle.networks.encoders import ContentEncoder, StyleEncoder
 from bundle.networks.generator import Generator
+from bundle.networks.segmenter import ContentOnly, LiverSegmenter, load_drl_weights
 
 __all__ = [
     "AdaINResBlock", "AdaptiveInstanceNorm", "ContentEncoder", "StyleEncoder", "Generator",
     "MultiScaleDiscriminator", "ContentDiscriminator", "DomainDiscriminators", "DRLModule",
+    "ContentOnly", "LiverSegmenter", "load_drl_weights",
 ]

@@ -7,8 +7,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from bundle.networks.layers import ResBlock
-from bundle.networks.encoders import ContentEncoder, StyleEncoder
+from bundle.networks.encoders import StyleEncoder, content_encoders
 from bundle.networks.generator import Generator
 
 __all__ = ["DRLModule", "DOMAINS"]
@@ -59,11 +58,7 @@ class DRLModule(nn.Module):
         super().__init__()
         if content_domain not in DOMAINS:
             raise ValueError(f"content_domain must be one of {DOMAINS}, got {content_domain!r}")
-        if not 0 <= shared_res <= n_res:
-            raise ValueError(f"shared_res must be between 0 and n_res={n_res}, got {shared_res}")
-        code_channels = dim * 2**n_down
-        shared = nn.Sequential(*[ResBlock(code_channels, norm) for _ in range(shared_res)]) if shared_res else None
-        self.content_encoders = nn.ModuleDict({d: ContentEncoder(in_channels, dim, n_down, n_res - shared_res, norm, shared) for d in DOMAINS})
+        self.content_encoders = content_encoders(DOMAINS, in_channels, dim, n_down, n_res, norm, shared_res)
         self.style_encoders = nn.ModuleDict({d: StyleEncoder(in_channels, dim, style_n_down, style_dim) for d in DOMAINS})
         channels = self.content_encoders["ct"].out_channels
         self.generators = nn.ModuleDict({d: Generator(channels, in_channels, n_down, n_res, style_dim, mlp_dim) for d in DOMAINS})

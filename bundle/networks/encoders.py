@@ -7,7 +7,7 @@ from torch import nn
 
 from bundle.networks.layers import ResBlock, reflect_conv
 
-__all__ = ["ContentEncoder", "StyleEncoder"]
+__all__ = ["ContentEncoder", "StyleEncoder", "content_encoders"]
 
 
 class ContentEncoder(nn.Module):
@@ -71,3 +71,17 @@ class StyleEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+def content_encoders(domains: tuple[str, ...], in_channels: int = 1, dim: int = 64, n_down: int = 2, n_res: int = 4,
+                     norm: str = "instance", shared_res: int = 0) -> nn.ModuleDict:
+    """One content encoder per domain, the last ``shared_res`` residual blocks shared between them.
+
+    The DRLModule and the inference network build their encoders here, so their weights match key
+    for key.
+    """
+    if not 0 <= shared_res <= n_res:
+        raise ValueError(f"shared_res must be between 0 and n_res={n_res}, got {shared_res}")
+    code_channels = dim * 2**n_down
+    shared = nn.Sequential(*[ResBlock(code_channels, norm) for _ in range(shared_res)]) if shared_res else None
+    return nn.ModuleDict({d: ContentEncoder(in_channels, dim, n_down, n_res - shared_res, norm, shared) for d in domains})

@@ -1,0 +1,118 @@
+"""Inference on a folder of volumes (pipeline step 6): a liver mask and a content-only image per case.
+
+MONAI's evaluator stops at the first unreadable case; a clinical folder always has one. This
+runner applies the bundle's own MONAI preprocessing, ``SliceInferer`` and postprocessing to one
+case at a time, writes both outputs of a case atomically, reports a bad case by name and goes
+on with the others, and fails at the end if any case failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from bundle.atomic import atomic_outputs, check_writable_dir
+from bundle.data.readers import IMAGE_SUFFIXES, case_name
+from bundle.errors import DataError
+from bundle.networks.segmenter import LiverSegmenter
+
+__all__ = ["find_volumes", "SegmentVolumes", "OUTPUT_SUFFIXES"]
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_SUFFIXES = ("_liver", "_content")  # what inference writes; never read back as input
+
+
+def find_volumes(dataset_dir: str | Path) -> list[Path]:
+    """Image files and DICOM series folders in ``dataset_dir`` (not masks or earlier outputs)."""
+    folder = Path(dataset_dir)
+    if not folder.is_dir():
+        raise DataError(folder, "is not a folder of volumes")
+    cases = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.is_dir() or path.name.endswith(IMAGE_SUFFIXES):
+            if case_name(path).endswith(OUTPUT_SUFFIXES + ("_labels",)):
+                continue
+            cases.append(path)
+    if not cases:
+        raise DataError(folder, f"holds no volume ({', '.join(IMAGE_SUFFIXES)} files or DICOM series folders)")
+    return cases
+
+
+def _write_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    image = nib.Nifti1Image(array, affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    nib.save(image, str(path))
+
+
+class SegmentVolumes:
+    """Segment every volume of ``dataset_dir`` into ``output_dir``.
+
+    Writes ``<case>_liver.nii.gz`` (uint8 0/1) and ``<case>_content.nii.gz`` (float32, the
+    content-only image) on each input's own grid (shape and affine).
+
+    Args:
+        network: the inference network.
+        preprocessing: volume dict transform (load, RAS, normalise), keeping metadata.
+        inferer: a 2D-over-3D inferer (``SliceInferer``).
+        postprocessing: dict transform on ``pred`` (logits) and ``content`` that inverts the
+            preprocessing and makes ``pred`` a label map.
+        dataset_dir: folder of input volumes.
+        output_dir: folder for the results (created).
+        device: where the network runs.
+    """
+
+    def __init__(self, network: LiverSegmenter, preprocessing: Callable, inferer: Callable, postprocessing: Callable,
+                 dataset_dir: str | Path, output_dir: str | Path, device: str | torch.device = "cpu") -> None:
+        self.network, self.preprocessing, self.inferer, self.postprocessing = network, preprocessing, inferer, postprocessing
+        self.dataset_dir, self.output_dir, self.device = Path(dataset_dir), Path(output_dir), torch.device(device)
+
+    @torch.no_grad()
+    def segment(self, path: Path) -> tuple[Path, Path]:
+        """Segment one volume; returns the paths of its mask and content-only image."""
+        name = case_name(path)
+        outputs = [self.output_dir / f"{name}{suffix}.nii.gz" for suffix in OUTPUT_SUFFIXES]
+        data = self.preprocessing({"image": str(path)})
+        self.network.eval()
+        image = data["image"].to(self.device)[None]
+        logits, content = self.inferer(image, self.network.segment_with_content)
+        data["pred"], data["content"] = logits[0].cpu(), content[0].cpu()
+        data = self.postprocessing(data)
+        mask = np.asarray(data["pred"][0], dtype=np.uint8)
+        affine = np.asarray(data["pred"].affine, dtype=np.float64)
+        with atomic_outputs(outputs) as (tmp_mask, tmp_content):
+            _write_nifti(mask, affine, tmp_mask)
+            _write_nifti(np.asarray(data["content"][0], dtype=np.float32), affine, tmp_content)
+        return outputs[0], outputs[1]
+
+    def __call__(self) -> dict[str, str]:
+        """Segment every case; returns ``{case: mask path}``. Raises after the loop if any case failed."""
+        check_writable_dir(self.output_dir)
+        cases = find_volumes(self.dataset_dir)
+        done, failed = {}, []
+        for path in cases:
+            start = time.perf_counter()
+            try:
+                mask, _ = self.segment(path)
+            except DataError as e:
+                logger.error("%s", e)
+                failed.append(str(e))
+                continue
+            except Exception as e:  # any other failure is this case's, not the folder's
+                logger.error("%s: %s", path, e)
+                failed.append(f"{path}: {e}")
+                continue
+            done[case_name(path)] = str(mask)
+            logger.info("%s -> %s (%.1f s)", path.name, mask, time.perf_counter() - start)
+        if failed:
+            raise DataError(self.dataset_dir, f"{len(failed)} of {len(cases)} cases failed: " + "; ".join(failed))
+        return done

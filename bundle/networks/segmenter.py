@@ -1,0 +1,121 @@
+"""The inference network (pipeline step 6): content encoder -> content-only image -> UNet, per slice.
+
+One 2D module that MONAI's ``SliceInferer`` applies to every slice of a volume, that MONAI Label
+loads from ``models/model.pt``, and that exports to TorchScript. It takes a normalised slice of
+any size, brings it to the square size the networks were trained on and brings the logits back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from monai.networks.nets import UNet
+from torch import nn
+
+from bundle.errors import DataError
+from bundle.networks.drl import DOMAINS
+from bundle.networks.encoders import content_encoders
+from bundle.networks.generator import Generator
+from bundle.networks.geometry import from_square, to_square
+
+__all__ = ["ContentOnly", "LiverSegmenter", "load_drl_weights", "ADAPTATIONS"]
+
+ADAPTATIONS = ("dadr", "none")  # content-only images (the paper) or the normalised image as it is
+
+
+class ContentOnly(nn.Module):
+    """Content-only image of a slice: ``G_ct(Ec_modality(x), 0)`` (paper section 2.2).
+
+    Holds both domains' content encoders (the weights are the DRLModule's, key for key) and the
+    generator that decodes content-only images; ``modality`` picks the encoder.
+    """
+
+    def __init__(self, modality: str = "mr", in_channels: int = 1, dim: int = 64, n_down: int = 2, n_res: int = 4,
+                 style_dim: int = 8, mlp_dim: int = 256, norm: str = "instance", shared_res: int = 0) -> None:
+        super().__init__()
+        if modality not in DOMAINS:
+            raise ValueError(f"modality must be one of {DOMAINS}, got {modality!r}")
+        self.content_encoders = content_encoders(DOMAINS, in_channels, dim, n_down, n_res, norm, shared_res)
+        self.generator = Generator(self.content_encoders["ct"].out_channels, in_channels, n_down, n_res, style_dim, mlp_dim)
+        self.modality = modality
+        self.style_dim = style_dim
+
+    def content_only(self, x: torch.Tensor, modality: str) -> torch.Tensor:
+        """Content-only image of square slices ``x`` of ``modality``."""
+        code = x
+        for name, encoder in self.content_encoders.items():
+            if name == modality:
+                code = encoder(x)
+        neutral = torch.zeros(x.shape[0], self.style_dim, device=x.device, dtype=x.dtype)
+        return self.generator(code, neutral)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.content_only(x, self.modality)
+
+
+class LiverSegmenter(nn.Module):
+    """Liver logits of normalised slices: ``UNet(content_only(x))``, at the input's own size.
+
+    Args:
+        image_size: square size the DRLModule and the UNet were trained at.
+        modality: ``mr`` or ``ct``, the modality of the slices it will see.
+        adaptation: ``dadr`` (UNet on content-only images) or ``none`` (UNet on the image itself:
+            the no-adaptation lower bound and the supervised upper bound).
+        out_channels: output channels (background, liver).
+        unet_channels, unet_strides, num_res_units: the MONAI ``UNet``.
+        drl: DRLModule sizes (``dim``, ``n_down``, ``n_res``, ``style_dim``, ``mlp_dim``, ``norm``,
+            ``shared_res``), used with ``adaptation="dadr"``.
+
+    The content path is frozen: stage 2 trains the UNet only, so ``train()`` keeps it in eval mode.
+    """
+
+    def __init__(self, image_size: int = 128, modality: str = "mr", adaptation: str = "dadr", in_channels: int = 1, out_channels: int = 2,
+                 unet_channels: Sequence[int] = (16, 32, 64, 128, 256), unet_strides: Sequence[int] = (2, 2, 2, 2), num_res_units: int = 2,
+                 **drl) -> None:
+        super().__init__()
+        if adaptation not in ADAPTATIONS:
+            raise ValueError(f"adaptation must be one of {ADAPTATIONS}, got {adaptation!r}")
+        self.image_size = image_size
+        self.adaptation = adaptation
+        self.content_path = ContentOnly(modality, in_channels, **drl) if adaptation == "dadr" else nn.Identity()
+        self.content_path.requires_grad_(False)
+        self.unet = UNet(2, in_channels, out_channels, unet_channels, unet_strides, num_res_units=num_res_units)
+
+    def train(self, mode: bool = True) -> "LiverSegmenter":
+        super().train(mode)
+        self.content_path.eval()
+        return self
+
+    def segment_with_content(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, content-only image) of slices ``x`` (N, 1, H, W), both (N, ., H, W)."""
+        height, width = x.shape[-2], x.shape[-1]
+        content = self.content_path(to_square(x, self.image_size))
+        logits = self.unet(content)
+        return from_square(logits, height, width), from_square(content, height, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.segment_with_content(x)[0]
+
+
+def load_drl_weights(network: LiverSegmenter, drl_path: str | Path) -> LiverSegmenter:
+    """Copy a trained DRLModule's content encoders and content-only generator into ``network``.
+
+    ``drl_path`` is the ``state_dict`` stage 1 writes (``configs/drl_train.yaml``, ``drl_path``).
+    A network without adaptation is returned as it is.
+    """
+    if not isinstance(network.content_path, ContentOnly):
+        return network
+    path = Path(drl_path)
+    if not path.is_file():
+        raise DataError(path, "does not exist: train stage 1 first (configs/drl_train.yaml) or pass --drl_path")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    wanted = {k: v for k, v in state.items() if k.startswith("content_encoders.")}
+    wanted |= {"generator." + k[len("generators.ct."):]: v for k, v in state.items() if k.startswith("generators.ct.")}
+    try:
+        network.content_path.load_state_dict(wanted)
+    except RuntimeError as e:
+        raise DataError(path, f"does not fit this configuration's DRLModule sizes (image_size, dim, n_res, shared_res...): "
+                              f"{str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from e
+    return network
