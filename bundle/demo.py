@@ -1,8 +1,10 @@
-"""The end-to-end demo behind `make demo`: every stage that exists, on built-in phantoms, on CPU.
+"""The end-to-end demo behind `make demo`: the whole pipeline on built-in phantoms, on CPU.
 
-Stages so far: phantoms (+ the paper's Fig. 1 for them); the real-data preparation path
-exercised on phantoms exported as a CHAOS-layout DICOM + PNG folder, checked voxel for voxel;
-and a short stage-1 (DRLModule) training through the MONAI bundle workflow.
+Phantoms (+ the paper's Fig. 1 for them); the real-data preparation path exercised on phantoms
+exported as a CHAOS-layout DICOM + PNG folder, checked voxel for voxel; stage 1 (DRLModule);
+stage 2 three times (UNet without adaptation, DADR on content-only images, supervised MR upper
+bound); inference and evaluation on held-out phantom MR; the comparison table and a figure like
+the paper's Fig. 4-5. Every stage runs through ``monai.bundle run`` with the bundle's configs.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from monai.bundle import run as run_bundle
 from bundle.data.export import write_chaos_case
 from bundle.data.phantoms import MR_SEQUENCES, make_phantoms
 from bundle.data.prepare import make_datalist, prepare_chaos
-from bundle.figures import domain_shift_figure
+from bundle.figures import adaptation_figure, domain_shift_figure
 
 __all__ = ["run_demo"]
 
@@ -32,15 +34,37 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def run_stage1(phantoms: Path, out: Path, iterations: int, image_size: int = 64, dim: int = 8) -> dict:
+def run_stage1(phantoms: Path, out: Path, iterations: int, sizes: dict) -> dict:
     """Stage 1 through ``monai.bundle run training`` with small-size overrides; returns the last validation."""
     run_bundle("training", config_file=str(CONFIGS / "drl_train.yaml"), dataset_dir=str(phantoms), output_dir=str(out),
-               drl_path=str(out / "drl.pt"), image_size=image_size, dim=dim, max_iterations=iterations,
-               val_interval=max(1, iterations // 3), n_val_slices=16, resume=False)
+               drl_path=str(out / "drl.pt"), max_iterations=iterations, val_interval=max(1, iterations // 3), n_val_slices=16,
+               resume=False, **sizes)
     return json.loads((out / "validation.jsonl").read_text().splitlines()[-1])
 
 
-def run_demo(out: str | Path, n_ct: int = 6, n_mr: int = 6, size: int = 96, seed: int = 0, drl_iterations: int = 300) -> dict:
+def run_stage2(phantoms: Path, out: Path, drl_path: Path, epochs: int, sizes: dict, **overrides) -> Path:
+    """Stage 2 through ``monai.bundle run training`` (configs/train.yaml); returns the model.pt it wrote."""
+    run_bundle("training", config_file=str(CONFIGS / "train.yaml"), dataset_dir=str(phantoms), drl_path=str(drl_path),
+               ckpt_dir=str(out), output_dir=str(out), max_epochs=epochs, **sizes, **overrides)
+    return out / "model.pt"
+
+
+def run_evaluation(datalist: Path, model: Path, out: Path, sizes: dict, **overrides) -> dict:
+    """Inference + evaluation through ``monai.bundle run evaluating``; returns metrics.json."""
+    run_bundle("evaluating", config_file=[str(CONFIGS / "inference.yaml"), str(CONFIGS / "evaluate.yaml")], datalist=str(datalist),
+               model_path=str(model), output_dir=str(out), **sizes, **overrides)
+    return json.loads((out / "metrics.json").read_text())
+
+
+METHODS = {  # demo table rows: stage-2 overrides of configs/train.yaml, and the input modality at training
+    "no adaptation (UNet on CT)": {"adaptation": "none", "train_section": "source", "train_modality": "ct"},
+    "DADR (content-only CT)": {"adaptation": "dadr", "train_section": "source", "train_modality": "ct"},
+    "supervised MR (upper bound)": {"adaptation": "none", "train_section": "target_labelled", "train_modality": "mr"},
+}
+
+
+def run_demo(out: str | Path, n_ct: int = 6, n_mr: int = 8, size: int = 96, seed: int = 0, drl_iterations: int = 1500,
+             seg_epochs: int = 15, image_size: int = 64, dim: int = 16) -> dict:
     """Run the demo under ``out`` and print what it made; returns the summary."""
     out = Path(out)
     t0 = time.time()
@@ -70,12 +94,45 @@ def run_demo(out: str | Path, n_ct: int = 6, n_mr: int = 6, size: int = 96, seed
         print(f"{summary['name']:<10}{shape:<16}{summary['liver_ml']:>10.1f}{summary['liver_mean']:>12.1f}{summary['side']:>7}{dice:>17.3f}")
     print(f"[prepare] datalist: {prepared / 'datalist.json'} ({', '.join(f'{k}={len(v)}' for k, v in datalist.items())})")
 
+    sizes = {"image_size": image_size, "dim": dim}
     t1 = time.time()
-    validation = run_stage1(phantoms, out / "drl", drl_iterations)
+    validation = run_stage1(phantoms, out / "drl", drl_iterations, sizes)
+    drl_path = out / "drl/drl.pt"
     grids = sorted((out / "drl/images").glob("drl_*.png"))
-    print(f"[stage 1] DRLModule, {drl_iterations} iterations at 64 px, dim 8, in {time.time() - t1:.0f} s -> {out / 'drl'}")
+    print(f"[stage 1] DRLModule, {drl_iterations} iterations at {image_size} px, dim {dim}, in {time.time() - t1:.0f} s -> {drl_path}")
     print(f"[stage 1] validation at iteration {validation['iteration']}: reconstruction L1 CT {validation['recon_l1_ct']:.3f}, "
           f"MR {validation['recon_l1_mr']:.3f}; content-code domain classifier accuracy {validation['content_domain_acc']:.2f} (0.5 = shared)")
     print(f"[stage 1] image grid (CT, content-only CT, CT->MR, MR, content-only MR, MR->CT): {grids[-1]}")
+
+    results, predictions = {}, {}
+    for i, (method, overrides) in enumerate(METHODS.items()):
+        t2 = time.time()
+        folder = out / f"seg_{i}_{overrides['adaptation']}_{overrides['train_modality']}"
+        model = run_stage2(phantoms, folder, drl_path, seg_epochs, sizes, **overrides)
+        metrics = run_evaluation(phantoms / "datalist.json", model, folder / "test_mr", sizes, adaptation=overrides["adaptation"], modality="mr")
+        results[method] = metrics["summary"]
+        predictions[method] = folder / "test_mr"
+        print(f"[stage 2] {method}: trained {seg_epochs} epochs and evaluated on held-out MR in {time.time() - t2:.0f} s -> {folder}")
+    ct_content = out / "content_only_ct"
+    dadr_model = predictions["DADR (content-only CT)"].parent / "model.pt"
+    run_bundle("inference", config_file=str(CONFIGS / "inference.yaml"), dataset_dir=str(phantoms / "ct"), output_dir=str(ct_content),
+               model_path=str(dadr_model), modality="ct", **sizes)
+
+    n_test = len(datalists["datalist.json"]["target_test"])
+    print(f"\nLiver segmentation on {n_test} held-out phantom MR volumes (T1 pre-contrast), mean (std) per subject:")
+    print(f"{'method':<32}{'Dice':>16}{'HD95 mm':>18}{'ASSD mm':>18}")
+    for method, summary in results.items():
+        cells = "".join(f"{summary[m]['mean']:>10.3f} ({summary[m]['std']:.3f})" if m == "dice" else f"{summary[m]['mean']:>11.1f} ({summary[m]['std']:4.1f})"
+                        for m in ("dice", "hd95_mm", "assd_mm"))
+        print(f"{method:<32}{cells}")
+
+    mr_image = f"{test_subject}_t1_pre_image"
+    rows = [("CT", [("image", phantoms / "ct/ct_000_image.nii.gz"), ("content-only", ct_content / "ct_000_image_content.nii.gz")]),
+            ("MR", [("image", phantoms / f"mr/{mr_image}.nii.gz"),
+                    ("content-only", predictions["DADR (content-only CT)"] / f"{mr_image}_content.nii.gz")]
+             + [(method.split(" (")[0], predictions[method] / f"{mr_image}_liver.nii.gz") for method in METHODS])]
+    figure5 = adaptation_figure(rows, [phantoms / "ct/ct_000_liver.nii.gz", phantoms / f"mr/{test_subject}_liver.nii.gz"],
+                                out / "fig5_content_only_and_predictions.png")
+    print(f"[figure] CT, content-only CT, MR, content-only MR, predictions (yellow: true liver) -> {figure5}")
     print(f"[demo] done in {time.time() - t0:.0f} s; outputs under {out}")
-    return {"phantoms": phantoms, "figure": figure, "prepared": summaries, "drl_validation": validation}
+    return {"phantoms": phantoms, "figure": figure, "prepared": summaries, "drl_validation": validation, "results": results, "figure5": figure5}

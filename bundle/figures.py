@@ -1,4 +1,4 @@
-"""Figures in the style of the paper's (Fig. 1: images and liver vs whole-image histograms)."""
+"""Figures in the style of the paper's: Fig. 1 (domain shift) and Fig. 4-5 (content-only images, predictions)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import SimpleITK as sitk  # noqa: E402
 
 from bundle.atomic import atomic_outputs  # noqa: E402
 
-__all__ = ["domain_shift_figure"]
+__all__ = ["domain_shift_figure", "adaptation_figure"]
 
 
 def domain_shift_figure(cases: Sequence[tuple[str, str | Path, str | Path]], out: str | Path) -> Path:
@@ -39,9 +39,44 @@ def domain_shift_figure(cases: Sequence[tuple[str, str | Path, str | Path]], out
         axes[1, col].set_yticks([])
     axes[1, 0].legend(loc="upper right", fontsize=8)
     fig.tight_layout()
+    return _save(fig, out)
+
+
+def _save(fig, out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_outputs([out]) as (tmp,):
         fig.savefig(tmp, dpi=90)
     plt.close(fig)
     return out
+
+
+def _array(path: str | Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float32)
+
+
+def adaptation_figure(rows: Sequence[tuple[str, Sequence[tuple[str, str | Path]]]], liver: Sequence[str | Path], out: str | Path) -> Path:
+    """Paper Fig. 4-5: one row per case, its images side by side at the slice with most liver.
+
+    ``rows`` are (row title, [(panel title, volume path), ...]); masks (uint8 volumes) are shown
+    as they are, images with a robust grey window; ``liver[i]`` (row i's reference mask) is
+    outlined in yellow on every panel of its row.
+    """
+    n_cols = max(len(panels) for _, panels in rows)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(2.6 * n_cols, 2.8 * len(rows)), squeeze=False)
+    for r, ((row_title, panels), mask_path) in enumerate(zip(rows, liver)):
+        mask = _array(mask_path) > 0
+        z = int(np.argmax(mask.sum(axis=(1, 2))))
+        for c in range(n_cols):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c >= len(panels):
+                continue
+            title, path = panels[c]
+            image = _array(path)
+            low, high = np.percentile(image, [0.5, 99.5]) if image.max() > 1 or image.min() < 0 else (0.0, 1.0)
+            ax.imshow(image[z], cmap="gray", vmin=low, vmax=high)
+            ax.contour(mask[z], levels=[0.5], colors="yellow", linewidths=0.6)
+            ax.set_title(f"{row_title}: {title}" if c == 0 else title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out)

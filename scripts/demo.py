@@ -1,4 +1,4 @@
-"""`make demo`: the whole pipeline as far as it exists, on built-in phantoms, on CPU.
+"""`make demo`: the whole pipeline on built-in phantoms, on CPU.
 
     python scripts/demo.py --out demo_output
 """
@@ -12,8 +12,10 @@ from bundle.cli import run_cli  # noqa: E402
 from bundle.demo import run_demo  # noqa: E402
 
 
-def main(out: str = "demo_output", n_ct: int = 6, n_mr: int = 6, size: int = 96, seed: int = 0, drl_iterations: int = 300) -> None:
-    run_demo(out, n_ct=n_ct, n_mr=n_mr, size=size, seed=seed, drl_iterations=drl_iterations)
+def main(out: str = "demo_output", n_ct: int = 6, n_mr: int = 8, size: int = 96, seed: int = 0, drl_iterations: int = 1500,
+         seg_epochs: int = 15, image_size: int = 64, dim: int = 16) -> None:
+    run_demo(out, n_ct=n_ct, n_mr=n_mr, size=size, seed=seed, drl_iterations=drl_iterations, seg_epochs=seg_epochs,
+             image_size=image_size, dim=dim)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Stage-1 validation signals of a trained DRLModule on a datalist (what training logs, once).
 
-    python scripts/drl_validate.py --drl models/drl.pt --datalist DATALIST --image_size 64 --dim 16 [--shared_res 1]
+    python scripts/drl_validate.py --drl models/drl.pth --datalist DATALIST --image_size 64 --dim 16 [--shared_res 1]
 
 Prints one JSON line: reconstruction L1 per domain and the content-code domain classifier
 accuracy (folds hold out subjects; 0.5 = shared content space).
