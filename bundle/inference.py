@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from bundle.atomic import atomic_outputs, check_writable_dir
-from bundle.data.readers import IMAGE_SUFFIXES, case_name
+from bundle.data.readers import IMAGE_SUFFIXES, case_name, read_image
 from bundle.errors import DataError
 from bundle.networks.segmenter import LiverSegmenter
 
@@ -81,6 +81,8 @@ class SegmentVolumes:
         """Segment one volume; returns the paths of its mask and content-only image."""
         name = case_name(path)
         outputs = [self.output_dir / f"{name}{suffix}.nii.gz" for suffix in OUTPUT_SUFFIXES]
+        # Validate first: MONAI's LoadImage falls back to its other readers when ours rejects a file.
+        read_image(path)
         data = self.preprocessing({"image": str(path)})
         self.network.eval()
         image = data["image"].to(self.device)[None]
@@ -108,6 +110,8 @@ class SegmentVolumes:
                 failed.append(str(e))
                 continue
             except Exception as e:  # any other failure is this case's, not the folder's
+                while e.__cause__ is not None:  # MONAI wraps errors in "applying transform ..."
+                    e = e.__cause__
                 logger.error("%s: %s", path, e)
                 failed.append(f"{path}: {e}")
                 continue

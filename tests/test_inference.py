@@ -1,0 +1,151 @@
+"""Stage 2, the inference network, inference on folders of real files, and evaluation metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from monai.bundle import run as run_bundle
+
+from bundle.data.content_only import ContentOnlySlices
+from bundle.data.export import write_dicom_series
+from bundle.data.slices import read_datalist
+from bundle.errors import DataError
+from bundle.evaluation import surface_metrics
+from bundle.networks import DRLModule, LiverSegmenter, load_drl_weights
+from bundle.networks.geometry import from_square, to_square
+from conftest import ROOT
+
+SIZES = {"image_size": 64, "dim": 8, "n_res": 2, "mlp_dim": 32}
+NET = {k: v for k, v in SIZES.items() if k != "image_size"}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """drl.pth of an (untrained) DRLModule and the model.pt of an inference network built on it."""
+    folder = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    torch.save(DRLModule(**NET, shared_res=1).state_dict(), folder / "drl.pth")
+    network = load_drl_weights(LiverSegmenter(64, "mr", **NET, shared_res=1), folder / "drl.pth")
+    torch.save(network.state_dict(), folder / "model.pt")
+    return folder
+
+
+def test_geometry_round_trip_keeps_size_and_pads_with_background():
+    x = torch.linspace(-1, 1, 50 * 70).reshape(1, 1, 50, 70)
+    square = to_square(x, 64)
+    assert square.shape == (1, 1, 64, 64)
+    assert torch.all(square[..., :9, :] == -1) and torch.all(square[..., -9:, :] == -1)  # 50x70 -> 46x64, padded
+    back = from_square(square, 50, 70)
+    assert back.shape == x.shape and (back - x).abs().mean() < 0.02
+
+
+def test_network_content_matches_drl_module_and_scripts(weights):
+    drl = DRLModule(**NET, shared_res=1)
+    drl.load_state_dict(torch.load(weights / "drl.pth", weights_only=True))
+    network = load_drl_weights(LiverSegmenter(64, "mr", **NET, shared_res=1), weights / "drl.pth").eval()
+    x = torch.rand(2, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        logits, content = network.segment_with_content(x)
+        assert torch.allclose(content, drl.content_only(x, "mr"), atol=1e-5)
+        y = torch.rand(3, 1, 40, 72)
+        assert network(y).shape == (3, 2, 40, 72)
+        assert torch.allclose(torch.jit.script(network)(y), network(y), atol=1e-5)
+    network.train()
+    assert not network.content_path.training and not any(p.requires_grad for p in network.content_path.parameters())
+
+
+def test_drl_weights_of_other_sizes_are_rejected_by_name(weights):
+    with pytest.raises(DataError, match="drl.pth.*does not fit"):
+        load_drl_weights(LiverSegmenter(64, "mr", dim=16, n_res=2, mlp_dim=32, shared_res=1), weights / "drl.pth")
+    with pytest.raises(DataError, match="missing.pth.*stage 1"):
+        load_drl_weights(LiverSegmenter(64, "mr", **NET), weights / "missing.pth")
+
+
+def test_joint_domain_slices_hold_both_modalities(phantoms, weights):
+    network = load_drl_weights(LiverSegmenter(64, "mr", **NET, shared_res=1), weights / "drl.pth")
+    ct = read_datalist(phantoms / "datalist.json", "source")
+    mr = [dict(e, modality="mr") for e in read_datalist(phantoms / "datalist.json", "target_test")]
+    ct_only, joint = ContentOnlySlices(ct, network), ContentOnlySlices(ct + mr, network)
+    assert len(joint) > len(ct_only) > 0
+    item = joint[len(joint) - 1]
+    assert item["image"].shape == item["label"].shape == (1, 64, 64) and item["image"].abs().max() <= 1
+
+
+def test_stage2_training_writes_a_model_the_inference_config_loads(phantoms, weights, tmp_path):
+    run_bundle("training", config_file=str(ROOT / "configs/train.yaml"), dataset_dir=str(phantoms), drl_path=str(weights / "drl.pth"),
+               ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path), max_epochs=2, val_section="target_test", val_interval=1, **SIZES)
+    assert (tmp_path / "models/model.pt").is_file() and (tmp_path / "models/model_best.pt").is_file()
+    trained = torch.load(tmp_path / "models/model.pt", weights_only=True)
+    initial = torch.load(weights / "model.pt", weights_only=True)
+    assert all(torch.equal(trained[k], initial[k]) for k in trained if k.startswith("content_path."))
+    run_bundle("inference", config_file=str(ROOT / "configs/inference.yaml"), dataset_dir=str(phantoms / "mr"),
+               output_dir=str(tmp_path / "out"), model_path=str(tmp_path / "models/model.pt"), **SIZES)
+    assert len(list((tmp_path / "out").glob("*_liver.nii.gz"))) == len(list((phantoms / "mr").glob("*_image.nii.gz")))
+
+
+def run_inference(dataset_dir, output_dir, model, *extra):
+    args = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.yaml",
+            "--dataset_dir", str(dataset_dir), "--output_dir", str(output_dir), "--model_path", str(model), *extra]
+    args += [a for k, v in SIZES.items() for a in (f"--{k}", str(v))]
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_inference_writes_every_good_case_on_its_grid_and_names_the_bad_ones(phantoms, weights, tmp_path):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    source = phantoms / "mr/mr_002_t1_pre_image.nii.gz"
+    shutil.copy(source, inputs / "case_nifti.nii.gz")
+    image = sitk.ReadImage(str(source))
+    sitk.WriteImage(image, str(inputs / "case_nrrd.nrrd"))
+    write_dicom_series(sitk.Cast(image, sitk.sitkInt16), inputs / "case_dicom", modality="MR")
+    nan = sitk.GetArrayFromImage(image).astype(np.float32)
+    nan[3, 10, 10] = np.nan
+    bad_nan = sitk.GetImageFromArray(nan)
+    bad_nan.CopyInformation(image)
+    sitk.WriteImage(bad_nan, str(inputs / "bad_nan.nii.gz"))
+    sitk.WriteImage(image[:, :, 5], str(inputs / "bad_2d.nii.gz"))
+    (inputs / "bad_corrupt.nii.gz").write_bytes(b"not an image")
+    result = run_inference(inputs, out, weights / "model.pt")
+    assert result.returncode != 0
+    for bad, problem in [("bad_nan", "NaN"), ("bad_2d", "2D"), ("bad_corrupt", "cannot be read")]:
+        assert f"{bad}.nii.gz" in result.stderr and problem in result.stderr, result.stderr[-3000:]
+        assert not list(out.glob(f"{bad}*"))
+    reference = nib.load(source)
+    for case in ("case_nifti", "case_nrrd", "case_dicom"):
+        mask, content = nib.load(out / f"{case}_liver.nii.gz"), nib.load(out / f"{case}_content.nii.gz")
+        assert mask.shape == content.shape == reference.shape, case
+        assert mask.get_data_dtype() == np.uint8 and content.get_data_dtype() == np.float32
+        assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
+        assert np.allclose(mask.affine, reference.affine, atol=1e-3), case
+    assert np.array_equal(np.asarray(nib.load(out / "case_nifti_liver.nii.gz").dataobj), np.asarray(nib.load(out / "case_nrrd_liver.nii.gz").dataobj))
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_inference_rejects_unknown_modality_and_unwritable_output(phantoms, weights, tmp_path):
+    result = run_inference(phantoms / "mr", tmp_path / "out", weights / "model.pt", "--modality", "pet")
+    assert result.returncode != 0 and "modality" in result.stderr and "pet" in result.stderr
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    result = run_inference(phantoms / "mr", blocked / "out", weights / "model.pt")
+    assert result.returncode != 0 and str(blocked / "out") in result.stderr
+
+
+def test_surface_metrics_in_mm():
+    label = np.zeros((20, 30, 30), bool)
+    label[5:15, 10:20, 10:20] = True
+    same = surface_metrics(label, label, (2.0, 1.0, 1.0))
+    assert same == {"dice": 1.0, "hd95_mm": 0.0, "assd_mm": 0.0}
+    shifted = np.roll(label, 2, axis=0)  # two slices of 2 mm
+    metrics = surface_metrics(shifted, label, (2.0, 1.0, 1.0))
+    assert metrics["dice"] == pytest.approx(0.8) and metrics["hd95_mm"] == pytest.approx(4.0)
+    empty = surface_metrics(np.zeros_like(label), label, (1.0, 1.0, 1.0))
+    assert empty["dice"] == 0.0 and np.isnan(empty["hd95_mm"])
