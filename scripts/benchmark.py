@@ -2,7 +2,10 @@
 
     python scripts/benchmark.py drl --size 128 --dim 64 --batch 1 --iters 10 [--amp bfloat16] [--channels_last False]
 
-The last line is ``drl s/iter=<median seconds per D+G iteration> peak_mem=<MB>``.
+    python scripts/benchmark.py inference --shape 256,256,40 --iters 5 [--image_size 128 --dim 32]
+
+The last line is ``drl s/iter=<median seconds per D+G iteration> peak_mem=<MB>``, or
+``inference s/volume=<median seconds per volume, read to written> peak_mem=<MB>``.
 """
 
 import sys
@@ -12,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bundle.benchmark import benchmark_drl  # noqa: E402
+from bundle.benchmark import benchmark_drl, benchmark_inference  # noqa: E402
 from bundle.cli import run_cli  # noqa: E402
 
 
@@ -26,6 +29,14 @@ class Benchmark:
         print(f"size={size} dim={dim} batch={batch} amp={amp} channels_last={channels_last} threads={torch.get_num_threads()} "
               f"times=[{', '.join(f'{t:.3f}' for t in result['times'])}]")
         print(f"drl s/iter={result['median']:.3f} peak_mem={result['peak_mem_mb']:.0f}MB")
+
+    def inference(self, shape: str | tuple = "256,256,40", iters: int = 5, warmup: int = 1, device: str | None = None, **sizes) -> None:
+        """Inference on one volume, end to end, through configs/inference.yaml (sizes overridable)."""
+        shape = tuple(int(v) for v in (shape.split(",") if isinstance(shape, str) else shape))
+        result = benchmark_inference(shape, iters, warmup, device, **sizes)
+        print(f"shape={shape} threads={torch.get_num_threads()} sizes={sizes or 'inference.yaml'} "
+              f"times=[{', '.join(f'{t:.3f}' for t in result['times'])}]")
+        print(f"inference s/volume={result['median']:.3f} peak_mem={result['peak_mem_mb']:.0f}MB")
 
 
 if __name__ == "__main__":

@@ -149,3 +149,19 @@ def test_surface_metrics_in_mm():
     assert metrics["dice"] == pytest.approx(0.8) and metrics["hd95_mm"] == pytest.approx(4.0)
     empty = surface_metrics(np.zeros_like(label), label, (1.0, 1.0, 1.0))
     assert empty["dice"] == 0.0 and np.isnan(empty["hd95_mm"])
+
+
+def test_ckpt_export_and_verify_net_in_out(weights, tmp_path):
+    from monai.bundle import ckpt_export, verify_net_in_out
+
+    overrides = {k: v for k, v in SIZES.items()}
+    verify_net_in_out("network_def", meta_file=str(ROOT / "configs/metadata.json"), config_file=str(ROOT / "configs/inference.yaml"),
+                      device="cpu", **overrides)
+    ckpt_export("network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(weights / "model.pt"),
+                meta_file=str(ROOT / "configs/metadata.json"), config_file=str(ROOT / "configs/inference.yaml"), **overrides)
+    scripted = torch.jit.load(str(tmp_path / "model.ts"))
+    network = LiverSegmenter(64, "mr", **NET, shared_res=1)
+    network.load_state_dict(torch.load(weights / "model.pt", weights_only=True))
+    x = torch.rand(2, 1, 48, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), network.eval()(x), atol=1e-5)
