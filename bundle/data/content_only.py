@@ -50,12 +50,8 @@ class ContentOnlySlices(Dataset):
         path = network.content_path
         if not isinstance(path, ContentOnly):
             return images
-        device = next(path.parameters()).device
-        was_training = path.training
-        path.eval()
-        out = torch.cat([path.content_only(batch.to(device), modality).cpu() for batch in images.split(batch_size)])
-        path.train(was_training)
-        return out
+        device = next(path.parameters()).device  # the path is always in eval mode (LiverSegmenter)
+        return torch.cat([path.content_only(batch.to(device), modality).cpu() for batch in images.split(batch_size)])
 
     def __len__(self) -> int:
         return len(self.images)

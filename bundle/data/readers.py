@@ -18,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from monai.data import ImageReader
+from monai.data.utils import orientation_ras_lps
 
 from bundle.errors import DataError
 
@@ -220,7 +221,7 @@ class SimpleITKReader(ImageReader):
         lps = np.eye(4)
         lps[:3, :3] = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
         lps[:3, 3] = image.GetOrigin()
-        affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+        affine = orientation_ras_lps(lps)
         meta = {"affine": affine, "original_affine": affine.copy(), "spatial_shape": np.array(array.shape),
                 "original_channel_dim": float("nan"), "space": "RAS"}
         return array, meta

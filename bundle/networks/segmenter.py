@@ -80,7 +80,7 @@ class LiverSegmenter(nn.Module):
         self.image_size = image_size
         self.adaptation = adaptation
         self.content_path = ContentOnly(modality, in_channels, **drl) if adaptation == "dadr" else nn.Identity()
-        self.content_path.requires_grad_(False)
+        self.content_path.requires_grad_(False).eval()
         self.unet = UNet(2, in_channels, out_channels, unet_channels, unet_strides, num_res_units=num_res_units)
 
     def train(self, mode: bool = True) -> "LiverSegmenter":
@@ -88,15 +88,17 @@ class LiverSegmenter(nn.Module):
         self.content_path.eval()
         return self
 
+    def _square(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        content = self.content_path(to_square(x, self.image_size))
+        return self.unet(content), content
+
     def segment_with_content(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, content-only image) of slices ``x`` (N, 1, H, W), both (N, ., H, W)."""
-        height, width = x.shape[-2], x.shape[-1]
-        content = self.content_path(to_square(x, self.image_size))
-        logits = self.unet(content)
-        return from_square(logits, height, width), from_square(content, height, width)
+        logits, content = self._square(x)
+        return from_square(logits, x.shape[-2], x.shape[-1]), from_square(content, x.shape[-2], x.shape[-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.segment_with_content(x)[0]
+        return from_square(self._square(x)[0], x.shape[-2], x.shape[-1])
 
 
 def load_drl_weights(network: LiverSegmenter, drl_path: str | Path) -> LiverSegmenter:
@@ -115,7 +117,7 @@ def load_drl_weights(network: LiverSegmenter, drl_path: str | Path) -> LiverSegm
     wanted |= {"generator." + k[len("generators.ct."):]: v for k, v in state.items() if k.startswith("generators.ct.")}
     try:
         network.content_path.load_state_dict(wanted)
-    except RuntimeError as e:
-        raise DataError(path, f"does not fit this configuration's DRLModule sizes (image_size, dim, n_res, shared_res...): "
-                              f"{str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from e
+    except RuntimeError as e:  # the last line names one mismatching tensor
+        raise DataError(path, f"does not fit this configuration's DRLModule sizes (dim, n_res, shared_res...): "
+                              f"{str(e).splitlines()[-1].strip()}") from e
     return network
