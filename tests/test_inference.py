@@ -165,3 +165,18 @@ def test_ckpt_export_and_verify_net_in_out(weights, tmp_path):
     x = torch.rand(2, 1, 48, 64) * 2 - 1
     with torch.no_grad():
         assert torch.allclose(scripted(x), network.eval()(x), atol=1e-5)
+
+
+def test_shipped_model_fits_the_inference_config():
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs/inference.yaml"))
+    parser["device"] = "$torch.device('cpu')"
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(ROOT / "models/model.pt", map_location="cpu", weights_only=True))  # strict
+    drl = DRLModule(dim=parser["dim"], shared_res=parser["shared_res"])
+    drl.load_state_dict(torch.load(ROOT / "models/drl.pth", map_location="cpu", weights_only=True))
+    x = torch.rand(1, 1, parser["image_size"], parser["image_size"]) * 2 - 1
+    with torch.no_grad():  # model.pt's content path is the shipped DRLModule's
+        assert torch.allclose(network.eval().segment_with_content(x)[1], drl.content_only(x, "mr"), atol=1e-4)
