@@ -1,4 +1,4 @@
-"""Ignite handlers around the stage-1 loop: validation signals and image grids, atomic checkpoints.
+"""Ignite handlers around the GAN loops (stage 1, CycleGAN): validation signals and image grids, atomic checkpoints.
 
 MONAI's ``CheckpointSaver`` writes non-atomically (``atomic=False``), so a run killed while
 saving could leave a truncated "latest" checkpoint that the next run resumes from; the
@@ -23,7 +23,7 @@ from bundle.data.slices import evenly_spaced
 from bundle.engines.drl_trainer import unwrap
 from bundle.metrics import content_domain_accuracy
 
-__all__ = ["DRLValidation", "AtomicCheckpoint", "LossProgressBar", "latest_checkpoint", "radiological"]
+__all__ = ["DRLValidation", "CycleGANValidation", "AtomicCheckpoint", "LossProgressBar", "latest_checkpoint", "radiological"]
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = "drl"
@@ -104,7 +104,7 @@ class AtomicCheckpoint:
         final.parent.mkdir(parents=True, exist_ok=True)
         with atomic_outputs([final]) as (tmp,):
             torch.save(unwrap(self.network).state_dict(), tmp)
-        logger.info("DRLModule weights written to %s", final)
+        logger.info("%s weights written to %s", type(unwrap(self.network)).__name__, final)
 
 
 class DRLValidation:
@@ -129,6 +129,9 @@ class DRLValidation:
         n_images: columns of the image grid.
         batch_size: validation batch size.
     """
+
+    prefix = "drl"
+    rows = ("ct", "content_only_ct", "ct2mr", "mr", "content_only_mr", "mr2ct")
 
     def __init__(self, network: torch.nn.Module, source: dict, target: dict, output_dir: str, n_slices: int = 64,
                  interval: int = 1, log_dir: str | None = None, n_images: int = 4, batch_size: int = 16) -> None:
@@ -165,16 +168,19 @@ class DRLValidation:
         n = min(len(ct), len(mr))
         return torch.stack([r[:n].float().cpu() for r in rows])
 
+    def metrics(self, device: torch.device) -> dict[str, float]:
+        recon_ct, codes_ct = self._run(self.source, "ct", device)
+        recon_mr, codes_mr = self._run(self.target, "mr", device)
+        accuracy = content_domain_accuracy(codes_ct, codes_mr, self.source_subjects, self.target_subjects)
+        return {"recon_l1_ct": recon_ct, "recon_l1_mr": recon_mr, "content_domain_acc": accuracy}
+
     def compute(self, device: torch.device) -> tuple[dict[str, float], torch.Tensor]:
         """The validation metrics and image grid of the network as it is now."""
         network = unwrap(self.network)
         was_training = network.training
         network.eval()
         try:
-            recon_ct, codes_ct = self._run(self.source, "ct", device)
-            recon_mr, codes_mr = self._run(self.target, "mr", device)
-            accuracy = content_domain_accuracy(codes_ct, codes_mr, self.source_subjects, self.target_subjects)
-            return {"recon_l1_ct": recon_ct, "recon_l1_mr": recon_mr, "content_domain_acc": accuracy}, self.grid(device)
+            return self.metrics(device), self.grid(device)
         finally:
             network.train(was_training)
 
@@ -198,7 +204,7 @@ class DRLValidation:
         mosaic = ((tiles.permute(0, 2, 1, 3).reshape(rows * size, n * size).clamp(-1, 1) + 1) * 127.5).numpy()
         folder = self.output_dir / "images"
         folder.mkdir(parents=True, exist_ok=True)
-        with atomic_outputs([folder / f"drl_{iteration:07d}.png"]) as (tmp,):
+        with atomic_outputs([folder / f"{self.prefix}_{iteration:07d}.png"]) as (tmp,):
             Image.fromarray(mosaic.astype(np.uint8)).save(tmp, format="PNG")
 
     def _write_tensorboard(self, metrics: dict, grid: torch.Tensor, iteration: int) -> None:
@@ -208,6 +214,33 @@ class DRLValidation:
             self.writer = SummaryWriter(self.log_dir)
         for name, value in metrics.items():
             self.writer.add_scalar(f"val/{name}", value, iteration)
-        for name, row in zip(("ct", "content_only_ct", "ct2mr", "mr", "content_only_mr", "mr2ct"), grid):
+        for name, row in zip(self.rows, grid):
             self.writer.add_images(f"images/{name}", (radiological(row).clamp(-1, 1) + 1) / 2, iteration)
         self.writer.flush()
+
+
+class CycleGANValidation(DRLValidation):
+    """``DRLValidation`` for the DACGAN baseline's CycleGAN: cycle reconstruction errors
+    ``cycle_l1_ct`` / ``cycle_l1_mr`` and a grid of CT, CT->MR, CT->MR->CT, MR, MR->CT, MR->CT->MR.
+    Arguments as ``DRLValidation``."""
+
+    prefix = "cyclegan"
+    rows = ("ct", "ct2mr", "cycle_ct", "mr", "mr2ct", "cycle_mr")
+
+    @torch.no_grad()
+    def _cycle_error(self, images: torch.Tensor, domain: str, device: torch.device) -> float:
+        gan = unwrap(self.network)
+        errors = [(gan.reconstruct(b.to(device), domain) - b.to(device)).abs().mean(dim=(1, 2, 3)).cpu() for b in images.split(self.batch_size)]
+        return float(torch.cat(errors).mean())
+
+    def metrics(self, device: torch.device) -> dict[str, float]:
+        return {"cycle_l1_ct": self._cycle_error(self.source, "ct", device), "cycle_l1_mr": self._cycle_error(self.target, "mr", device)}
+
+    @torch.no_grad()
+    def grid(self, device: torch.device, seed: int = 0) -> torch.Tensor:
+        gan = unwrap(self.network)
+        ct, mr = evenly_spaced(self.source, self.n_images).to(device), evenly_spaced(self.target, self.n_images).to(device)
+        ct2mr, mr2ct = gan.translate(ct, "ct", "mr"), gan.translate(mr, "mr", "ct")
+        rows = [ct, ct2mr, gan.translate(ct2mr, "mr", "ct"), mr, mr2ct, gan.translate(mr2ct, "ct", "mr")]
+        n = min(len(ct), len(mr))
+        return torch.stack([r[:n].float().cpu() for r in rows])

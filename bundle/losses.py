@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from monai.losses import PatchAdversarialLoss
 from torch import nn
 
-__all__ = ["recon_loss", "latent_loss", "AdversarialLoss", "ContentAdversarialLoss", "DRLLoss"]
+__all__ = ["recon_loss", "latent_loss", "AdversarialLoss", "ContentAdversarialLoss", "DRLLoss", "CycleGANLoss"]
 
 
 def recon_loss(reconstruction: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -96,4 +96,22 @@ class DRLLoss(nn.Module):
         if content_adversarial is not None:
             terms["adv_content"] = content_adversarial
             terms["total"] = terms["total"] + self.delta * content_adversarial
+        return terms
+
+
+class CycleGANLoss(nn.Module):
+    """The DACGAN baseline's generator objective (CycleGAN): Ladv + lambda * (||F(G(x_ct)) - x_ct||_1
+    + ||G(F(x_mr)) - x_mr||_1), from ``CycleGAN.forward``'s outputs.
+
+    Args:
+        cycle_weight: lambda, the weight of the cycle-consistency terms (CycleGAN: 10).
+    """
+
+    def __init__(self, cycle_weight: float = 10.0) -> None:
+        super().__init__()
+        self.cycle_weight = cycle_weight
+
+    def forward(self, out: dict[str, torch.Tensor], x_ct: torch.Tensor, x_mr: torch.Tensor, adversarial: torch.Tensor) -> dict[str, torch.Tensor]:
+        terms = {"cycle_ct": recon_loss(out["cycle_ct"], x_ct), "cycle_mr": recon_loss(out["cycle_mr"], x_mr), "adv_g": adversarial}
+        terms["total"] = adversarial + self.cycle_weight * (terms["cycle_ct"] + terms["cycle_mr"])
         return terms

@@ -63,7 +63,7 @@ def test_nan_loss_stops_with_a_clear_error(phantoms):
     bad = {"ct": torch.full((2, 1, 64, 64), float("nan")), "mr": torch.zeros(2, 1, 64, 64)}
     trainer.state.device, trainer.state.iteration = torch.device("cpu"), 7
     before = [p.clone() for p in trainer.discriminators.parameters()]
-    with pytest.raises(FloatingPointError, match="non-finite DRL loss at iteration 7"):
+    with pytest.raises(FloatingPointError, match="non-finite DRLTrainer loss at iteration 7"):
         trainer._iteration(trainer, bad)
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.discriminators.parameters()))  # no step taken with NaN
 

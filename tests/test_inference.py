@@ -15,7 +15,7 @@ import SimpleITK as sitk
 import torch
 from monai.bundle import run as run_bundle
 
-from bundle.data.content_only import ContentOnlySlices
+from bundle.data.adapted import AdaptedSlices
 from bundle.data.export import write_dicom_series
 from bundle.data.slices import read_datalist
 from bundle.errors import DataError
@@ -74,7 +74,7 @@ def test_joint_domain_slices_hold_both_modalities(phantoms, weights):
     network = load_drl_weights(LiverSegmenter(64, "mr", **NET, shared_res=1), weights / "drl.pth")
     ct = read_datalist(phantoms / "datalist.json", "source")
     mr = [dict(e, modality="mr") for e in read_datalist(phantoms / "datalist.json", "target_test")]
-    ct_only, joint = ContentOnlySlices(ct, network), ContentOnlySlices(ct + mr, network)
+    ct_only, joint = AdaptedSlices(ct, network), AdaptedSlices(ct + mr, network)
     assert len(joint) > len(ct_only) > 0
     item = joint[len(joint) - 1]
     assert item["image"].shape == item["label"].shape == (1, 64, 64) and item["image"].abs().max() <= 1

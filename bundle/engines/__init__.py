@@ -1,5 +1,6 @@
-"""Ignite engines of the GAN stage."""
+"""Ignite engines of the GAN stages: the DRLModule (DADR) and the CycleGAN (DACGAN baseline)."""
 
-from bundle.engines.drl_trainer import DRLTrainer, unwrap
+from bundle.engines.cyclegan_trainer import CycleGANTrainer
+from bundle.engines.drl_trainer import AdversarialTrainer, DRLTrainer, unwrap
 
-__all__ = ["DRLTrainer", "unwrap"]
+__all__ = ["AdversarialTrainer", "DRLTrainer", "CycleGANTrainer", "unwrap"]

@@ -9,7 +9,7 @@ prepare batch -> generator forward (once) -> D update on detached fakes -> G upd
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from bundle.losses import AdversarialLoss, ContentAdversarialLoss, DRLLoss
 
-__all__ = ["DRLTrainer", "unwrap"]
+__all__ = ["AdversarialTrainer", "DRLTrainer", "unwrap"]
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -29,24 +29,26 @@ def unwrap(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
 
 
-class DRLTrainer(Trainer):
-    """Trains the DRLModule: unpaired CT and MR slice batches, Adam on D and on (E, G).
+class AdversarialTrainer(Trainer):
+    """What a two-player image GAN iteration needs around it: unpaired CT and MR slice batches,
+    Adam on the discriminators (D) and on the generator side (G), per-iteration random streams,
+    optional autocast, a stop on non-finite losses. Subclasses write ``_iteration``.
 
     Args:
         device: where to train.
         max_epochs: epochs to run; an epoch is ``epoch_length`` iterations.
         train_data_loader: yields ``{"ct": (B,1,H,W), "mr": (B,1,H,W)}`` unpaired batches.
-        network: the ``DRLModule`` (optionally DDP-wrapped).
-        discriminators: ``DomainDiscriminators`` (optionally DDP-wrapped).
-        g_optimizer: optimiser of the encoders and generators.
+        network: the generator side (optionally DDP-wrapped).
+        discriminators: both domains' discriminators as one module (optionally DDP-wrapped).
+        g_optimizer: optimiser of the generator side.
         d_optimizer: optimiser of the discriminators.
-        loss: the weighted generator objective (eq. 1).
-        adversarial: the adversarial loss (eq. 3).
+        loss: the weighted generator objective.
+        adversarial: the adversarial loss (least squares or log).
         epoch_length: iterations per epoch (default: the loader's length).
-        seed: the random style codes of iteration ``i`` come from ``seed`` and ``i`` only, so a
-            resumed run draws the same codes as an uninterrupted one.
+        seed: the random numbers of iteration ``i`` come from ``seed`` and ``i`` only, so a
+            resumed run draws the same numbers as an uninterrupted one.
         amp_dtype: ``None``, ``"bfloat16"`` or ``"float16"`` autocast (float16 uses gradient scaling).
-        channels_last: channels-last memory format for inputs (pair with a channels-last model; CUDA).
+        channels_last: channels-last memory format for inputs (pair with a channels-last model).
         train_handlers: ignite/MONAI handlers to attach.
     """
 
@@ -59,7 +61,7 @@ class DRLTrainer(Trainer):
         discriminators: nn.Module,
         g_optimizer: Optimizer,
         d_optimizer: Optimizer,
-        loss: DRLLoss | None = None,
+        loss: nn.Module,
         adversarial: AdversarialLoss | None = None,
         epoch_length: int | None = None,
         seed: int = 0,
@@ -76,9 +78,8 @@ class DRLTrainer(Trainer):
         self.discriminators = discriminators
         self.g_optimizer = g_optimizer
         self.d_optimizer = d_optimizer
-        self.loss = DRLLoss() if loss is None else loss
+        self.loss = loss
         self.adversarial = AdversarialLoss() if adversarial is None else adversarial
-        self.content_adversarial = ContentAdversarialLoss()
         self.seed = seed
         if amp_dtype not in (None, "bfloat16", "float16"):
             raise ValueError(f"amp_dtype must be None, 'bfloat16' or 'float16', got {amp_dtype!r}")
@@ -88,7 +89,7 @@ class DRLTrainer(Trainer):
         self.scalers = {k: torch.amp.GradScaler(enabled=use_scaler) for k in ("d", "g")}
         self.add_event_handler(Events.EPOCH_STARTED, self._set_data_epoch)
 
-    def _set_data_epoch(self, engine: DRLTrainer) -> None:
+    def _set_data_epoch(self, engine: AdversarialTrainer) -> None:
         """Datasets with ``set_epoch`` (``UnpairedSlices``) draw each epoch's pairs from the epoch number."""
         set_epoch = getattr(self.data_loader.dataset, "set_epoch", None)
         if set_epoch is not None:
@@ -98,26 +99,58 @@ class DRLTrainer(Trainer):
         device = torch.device(self.state.device)
         return torch.autocast(device.type, dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
 
+    def _batch(self, batchdata: dict[str, Any] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if batchdata is None:
+            raise ValueError("must provide batch data for current iteration.")
+        return tuple(batchdata[d].to(self.state.device, non_blocking=True, memory_format=self.memory_format) for d in ("ct", "mr"))
+
+    def _checked(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Loss values as floats; non-finite ones stop training before any optimiser step uses them."""
+        values = {k: float(v.detach()) for k, v in terms.items()}
+        bad = {k: v for k, v in values.items() if not torch.isfinite(torch.tensor(v))}
+        if bad:
+            raise FloatingPointError(f"non-finite {type(self).__name__} loss at iteration {self.state.iteration}: {bad}; "
+                                     "lower the learning rate or disable AMP")
+        return values
+
+    def _step(self, player: str, loss: torch.Tensor) -> None:
+        """Backward and optimiser step of ``player`` (``"d"`` or ``"g"``)."""
+        optimizer = self.d_optimizer if player == "d" else self.g_optimizer
+        optimizer.zero_grad(set_to_none=True)
+        self.scalers[player].scale(loss).backward()
+        self.scalers[player].step(optimizer)
+        self.scalers[player].update()
+
+    @contextmanager
+    def _frozen_discriminators(self):
+        """The freshly updated discriminators, unwrapped from DDP and frozen, for the G update:
+        a fixed function there, with no DDP gradient sync."""
+        discriminators = unwrap(self.discriminators)
+        for p in discriminators.parameters():
+            p.requires_grad_(False)
+        try:
+            yield discriminators
+        finally:
+            for p in discriminators.parameters():
+                p.requires_grad_(True)
+
+
+class DRLTrainer(AdversarialTrainer):
+    """Trains the DRLModule (``network``) against ``DomainDiscriminators``; ``loss`` is
+    ``DRLLoss`` (eq. 1) by default. Arguments as ``AdversarialTrainer``."""
+
+    def __init__(self, *args, loss: DRLLoss | None = None, **kwargs) -> None:
+        super().__init__(*args, loss=DRLLoss() if loss is None else loss, **kwargs)
+        self.content_adversarial = ContentAdversarialLoss()
+
     def _random_styles(self, x: torch.Tensor, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
         gen = torch.Generator(device=x.device).manual_seed(self.seed * 1_000_003 + iteration)
         drl = unwrap(self.network)
         return drl.random_style(x.shape[0], x, gen), drl.random_style(x.shape[0], x, gen)
 
-    @staticmethod
-    def _checked(terms: dict[str, torch.Tensor], iteration: int) -> dict[str, float]:
-        """Loss values as floats; non-finite ones stop training before any optimiser step uses them."""
-        values = {k: float(v.detach()) for k, v in terms.items()}
-        bad = {k: v for k, v in values.items() if not torch.isfinite(torch.tensor(v))}
-        if bad:
-            raise FloatingPointError(f"non-finite DRL loss at iteration {iteration}: {bad}; lower the learning rate or disable AMP")
-        return values
-
     def _iteration(self, engine: DRLTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:
         """One DRL iteration; returns ``{"losses": {term: float}}``."""
-        if batchdata is None:
-            raise ValueError("must provide batch data for current iteration.")
-        x_ct = batchdata["ct"].to(engine.state.device, non_blocking=True, memory_format=engine.memory_format)
-        x_mr = batchdata["mr"].to(engine.state.device, non_blocking=True, memory_format=engine.memory_format)
+        x_ct, x_mr = engine._batch(batchdata)
         style_ct, style_mr = engine._random_styles(x_ct, engine.state.iteration)
 
         # Generator side, once: encodings, reconstructions, translations, re-encodings.
@@ -125,7 +158,6 @@ class DRLTrainer(Trainer):
             out = engine.network(x_ct, x_mr, style_ct, style_mr)
 
         # Discriminator update on real and detached fake images (one pass per domain).
-        engine.d_optimizer.zero_grad(set_to_none=True)
         n = x_ct.shape[0]
         with engine._autocast():
             scores_ct, scores_mr, scores_content = engine.discriminators(
@@ -136,28 +168,18 @@ class DRLTrainer(Trainer):
             engine.adversarial.discriminator([s[:n] for s in scores_mr], [s[n:] for s in scores_mr])
         if scores_content is not None:
             d_loss = d_loss + engine.content_adversarial.discriminator(scores_content, n)
-        losses = engine._checked({"adv_d": d_loss}, engine.state.iteration)
-        engine.scalers["d"].scale(d_loss).backward()
-        engine.scalers["d"].step(engine.d_optimizer)
-        engine.scalers["d"].update()
+        losses = engine._checked({"adv_d": d_loss})
+        engine._step("d", d_loss)
 
         # Generator update (eq. 1) through the freshly updated, frozen discriminators.
-        # The discriminators are called unwrapped: a fixed function here, no DDP gradient sync.
-        discriminators = unwrap(engine.discriminators)
-        for p in discriminators.parameters():
-            p.requires_grad_(False)
-        with engine._autocast():
-            adv_g = engine.adversarial.generator(discriminators.mr(out["ct2mr"])) + engine.adversarial.generator(discriminators.ct(out["mr2ct"]))
-            adv_content = None
-            if discriminators.content is not None:
-                adv_content = engine.content_adversarial.encoder(discriminators.content(torch.cat([out["content_ct"], out["content_mr"]])))
-        terms = engine.loss(out, x_ct, x_mr, style_ct, style_mr, adv_g, adv_content)
-        losses = engine._checked(terms, engine.state.iteration) | losses
-        engine.g_optimizer.zero_grad(set_to_none=True)
-        engine.scalers["g"].scale(terms["total"]).backward()
-        engine.scalers["g"].step(engine.g_optimizer)
-        engine.scalers["g"].update()
-        for p in discriminators.parameters():
-            p.requires_grad_(True)
+        with engine._frozen_discriminators() as discriminators:
+            with engine._autocast():
+                adv_g = engine.adversarial.generator(discriminators.mr(out["ct2mr"])) + engine.adversarial.generator(discriminators.ct(out["mr2ct"]))
+                adv_content = None
+                if discriminators.content is not None:
+                    adv_content = engine.content_adversarial.encoder(discriminators.content(torch.cat([out["content_ct"], out["content_mr"]])))
+            terms = engine.loss(out, x_ct, x_mr, style_ct, style_mr, adv_g, adv_content)
+            losses = engine._checked(terms) | losses
+            engine._step("g", terms["total"])
 
         return {"losses": losses}

@@ -1,6 +1,8 @@
-"""Networks of the DRLModule (paper Fig. 2) and the inference network built from it (content-only image -> UNet)."""
+"""Networks of the DRLModule (paper Fig. 2), the inference network built from it (content-only image -> UNet)
+and the DACGAN baseline's CycleGAN."""
 
 from bundle.networks.adain import AdaINResBlock, AdaptiveInstanceNorm
+from bundle.networks.cyclegan import CycleGAN, PatchDiscriminators, ResnetGenerator, load_translator
 from bundle.networks.discriminator import ContentDiscriminator, DomainDiscriminators, MultiScaleDiscriminator
 from bundle.networks.drl import DRLModule
 from bundle.networks.encoders import ContentEncoder, StyleEncoder
@@ -11,4 +13,5 @@ __all__ = [
     "AdaINResBlock", "AdaptiveInstanceNorm", "ContentEncoder", "StyleEncoder", "Generator",
     "MultiScaleDiscriminator", "ContentDiscriminator", "DomainDiscriminators", "DRLModule",
     "ContentOnly", "LiverSegmenter", "load_drl_weights",
+    "ResnetGenerator", "CycleGAN", "PatchDiscriminators", "load_translator",
 ]

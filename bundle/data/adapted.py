@@ -1,0 +1,69 @@
+"""Stage-2 training slices (pipeline steps 4-5): labelled slices as the UNet sees them.
+
+DADR: content-only images of the slices. DACGAN baseline: CT slices translated to MR by the
+CycleGAN, the MR slices as they are. Without adaptation: the slices themselves. The networks
+that adapt are frozen during stage 2, so each slice is adapted once, here, instead of at every
+iteration; augmentation then acts on the adapted images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from bundle.data.slices import volume_slices
+from bundle.networks.segmenter import ContentOnly, LiverSegmenter
+
+__all__ = ["AdaptedSlices"]
+
+
+class AdaptedSlices(Dataset):
+    """Adapted slices with liver labels, from labelled volumes of one or both modalities.
+
+    Args:
+        data: volume entries ``{"image", "label"[, "modality"]}`` (paths); the ``data`` MONAI
+            Label's bundle trainer fills in. Entries without ``modality`` are ``modality``.
+        network: the inference network; its frozen content path makes the content-only images
+            (with ``adaptation="none"`` it leaves the slices as they are).
+        modality: default modality of the entries, ``ct`` or ``mr``.
+        transform: dict transform applied to every item (augmentation), or ``None``.
+        translator: a frozen CT-to-MR generator (DACGAN baseline) applied to the CT slices first, or ``None``.
+        batch_size: slices per forward pass.
+    """
+
+    def __init__(self, data: list[dict], network: LiverSegmenter, modality: str = "ct",
+                 transform: Callable | None = None, translator: nn.Module | None = None, batch_size: int = 32) -> None:
+        images, labels = [], []
+        for mod in ("ct", "mr"):
+            entries = [e for e in data if e.get("modality", modality) == mod]
+            if not entries:
+                continue
+            slices = volume_slices(entries, mod, network.image_size, with_label=True, source=entries[0]["image"])
+            adapted = slices["image"]
+            if translator is not None and mod == "ct":
+                adapted, mod = self._apply(translator, adapted, batch_size), "mr"
+            path = network.content_path
+            if isinstance(path, ContentOnly):  # always in eval mode (LiverSegmenter)
+                adapted = self._apply(lambda x, m=mod: path.content_only(x, m), adapted, batch_size, next(path.parameters()).device)
+            images.append(adapted)
+            labels.append(slices["label"])
+        empty = torch.empty(0, 1, network.image_size, network.image_size)
+        self.images, self.labels = torch.cat(images or [empty]), torch.cat(labels or [empty])
+        self.transform = transform
+
+    @staticmethod
+    @torch.no_grad()
+    def _apply(function: Callable, images: torch.Tensor, batch_size: int, device: torch.device | None = None) -> torch.Tensor:
+        if device is None and isinstance(function, nn.Module):
+            device = next(function.parameters()).device
+        return torch.cat([function(batch.to(device)).cpu() for batch in images.split(batch_size)])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = {"image": self.images[i], "label": self.labels[i]}
+        return self.transform(item) if self.transform is not None else item
