@@ -9,7 +9,6 @@ the paper's Fig. 4-5. Every stage runs through ``monai.bundle run`` with the bun
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from bundle.data.export import write_chaos_case
 from bundle.data.phantoms import MR_SEQUENCES, make_phantoms
 from bundle.data.prepare import make_datalist, prepare_chaos
 from bundle.figures import adaptation_figure, domain_shift_figure
+from bundle.pipeline import CONFIGS, run_evaluation, run_stage1, run_stage2
 
 __all__ = ["run_demo"]
 
@@ -29,31 +29,6 @@ __all__ = ["run_demo"]
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a > 0, b > 0
     return float(2 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1))
-
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-def run_stage1(phantoms: Path, out: Path, iterations: int, sizes: dict) -> dict:
-    """Stage 1 through ``monai.bundle run training`` with small-size overrides; returns the last validation."""
-    run_bundle("training", config_file=str(CONFIGS / "drl_train.yaml"), dataset_dir=str(phantoms), output_dir=str(out),
-               drl_path=str(out / "drl.pt"), max_iterations=iterations, val_interval=max(1, iterations // 3), n_val_slices=16,
-               resume=False, **sizes)
-    return json.loads((out / "validation.jsonl").read_text().splitlines()[-1])
-
-
-def run_stage2(phantoms: Path, out: Path, drl_path: Path, epochs: int, sizes: dict, **overrides) -> Path:
-    """Stage 2 through ``monai.bundle run training`` (configs/train.yaml); returns the model.pt it wrote."""
-    run_bundle("training", config_file=str(CONFIGS / "train.yaml"), dataset_dir=str(phantoms), drl_path=str(drl_path),
-               ckpt_dir=str(out), output_dir=str(out), max_epochs=epochs, **sizes, **overrides)
-    return out / "model.pt"
-
-
-def run_evaluation(datalist: Path, model: Path, out: Path, sizes: dict, **overrides) -> dict:
-    """Inference + evaluation through ``monai.bundle run evaluating``; returns metrics.json."""
-    run_bundle("evaluating", config_file=[str(CONFIGS / "inference.yaml"), str(CONFIGS / "evaluate.yaml")], datalist=str(datalist),
-               model_path=str(model), output_dir=str(out), **sizes, **overrides)
-    return json.loads((out / "metrics.json").read_text())
 
 
 METHODS = {  # demo table rows: stage-2 overrides of configs/train.yaml, and the input modality at training

@@ -1,4 +1,5 @@
-"""Figures in the style of the paper's: Fig. 1 (domain shift) and Fig. 4-5 (content-only images, predictions)."""
+"""Figures in the style of the paper's: Fig. 1 (domain shift), Fig. 4-5 (content-only images, predictions) and
+grids of slices for Fig. 3-7 (translations, content-only images, style transfer)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
+import torch  # noqa: E402
 
 from bundle.atomic import atomic_outputs  # noqa: E402
 
-__all__ = ["domain_shift_figure", "adaptation_figure"]
+__all__ = ["domain_shift_figure", "adaptation_figure", "slice_grid"]
 
 
 def domain_shift_figure(cases: Sequence[tuple[str, str | Path, str | Path]], out: str | Path) -> Path:
@@ -51,6 +53,12 @@ def _save(fig, out: str | Path) -> Path:
     return out
 
 
+def _radiological(image) -> np.ndarray:
+    from bundle.handlers import radiological
+
+    return radiological(torch.as_tensor(np.asarray(image, dtype=np.float32))).numpy()
+
+
 def _array(path: str | Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float32)
 
@@ -77,6 +85,28 @@ def adaptation_figure(rows: Sequence[tuple[str, Sequence[tuple[str, str | Path]]
             low, high = np.percentile(image, [0.5, 99.5]) if image.max() > 1 or image.min() < 0 else (0.0, 1.0)
             ax.imshow(image[z], cmap="gray", vmin=low, vmax=high)
             ax.contour(mask[z], levels=[0.5], colors="yellow", linewidths=0.6)
+            ax.set_title(f"{row_title}: {title}" if c == 0 else title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def slice_grid(rows: Sequence[tuple[str, Sequence[tuple[str, np.ndarray]]]], out: str | Path, outlines: Sequence[np.ndarray | None] | None = None) -> Path:
+    """A grid of 2D slices in network units ([-1, 1]), shown radiologically (anterior up,
+    patient's right on the left), one row per (row title, [(panel title, slice), ...]);
+    ``outlines[i]`` (a 2D mask or ``None``) is drawn in yellow on every panel of row i."""
+    n_cols = max(len(panels) for _, panels in rows)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(2.3 * n_cols, 2.5 * len(rows)), squeeze=False)
+    for r, (row_title, panels) in enumerate(rows):
+        outline = None if outlines is None else outlines[r]
+        for c in range(n_cols):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c >= len(panels):
+                continue
+            title, image = panels[c]
+            ax.imshow(_radiological(image), cmap="gray", vmin=-1, vmax=1)
+            if outline is not None:
+                ax.contour(_radiological(outline), levels=[0.5], colors="yellow", linewidths=0.6)
             ax.set_title(f"{row_title}: {title}" if c == 0 else title, fontsize=9)
     fig.tight_layout()
     return _save(fig, out)

@@ -1,0 +1,319 @@
+"""The paper's experiments (section 3) as one resumable runner: subject-wise k-fold
+cross-validation of DADR against its baselines, and the paper's three tables.
+
+Experiment ``da`` (tables 1 and 2). In each fold the training folds' CT (labelled) and MR
+(unlabelled) train the DRLModule and the CycleGAN; then five UNets, all the same network with
+the same preprocessing, differ only in what they are trained on: CT images (no adaptation, the
+lower bound), CT translated to MR by the CycleGAN (DACGAN), content-only CT (DADR), labelled MR
+(the supervised upper bound), content-only CT and MR (joint-domain learning). They are tested
+on the held-out MR fold and, for table 2, on the held-out CT fold.
+
+Experiment ``multiphase`` (table 3): the same, with the MR target made of the three T1 phases
+(``--multiphase_datalist``); DACGAN and DADR only.
+
+Every step goes through the bundle's configs (``bundle.pipeline``) and leaves its output in
+``out/<experiment>/fold_<k>/``; a step whose output exists is not run again, and a finished
+fold (``results.json``) is not touched, so an interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+
+from bundle.atomic import atomic_outputs
+from bundle.data.slices import read_datalist, volume_slices
+from bundle.errors import DataError
+from bundle.figures import adaptation_figure, slice_grid
+from bundle.pipeline import CONFIGS, run_cyclegan, run_evaluation, run_stage1, run_stage2
+
+__all__ = ["MODELS", "TABLES", "subject_folds", "run_experiments", "experiment_figures"]
+
+logger = logging.getLogger(__name__)
+
+# stage-2 models: configs/train.yaml overrides, and the inference adaptation that goes with them
+MODELS = {
+    "unet_ct": ({"adaptation": "none", "train_section": "source", "train_modality": "ct"}, "none"),
+    "dacgan": ({"adaptation": "cyclegan", "train_section": "source", "train_modality": "ct"}, "none"),
+    "dadr": ({"adaptation": "dadr", "train_section": "source", "train_modality": "ct"}, "dadr"),
+    "unet_mr": ({"adaptation": "none", "train_section": "target_labelled", "train_modality": "mr"}, "none"),
+    "joint": ({"adaptation": "dadr", "train_section": "source", "train_modality": "ct", "joint": True}, "dadr"),
+}
+EXPERIMENTS = {  # model -> the held-out modalities it is tested on
+    "da": {"unet_ct": ("mr", "ct"), "dacgan": ("mr",), "dadr": ("mr",), "unet_mr": ("mr", "ct"), "joint": ("mr", "ct")},
+    "multiphase": {"dacgan": ("mr",), "dadr": ("mr",)},
+}
+TEST_SECTIONS = {"mr": "target_test", "ct": "source_test"}
+# (title, experiment, test modalities, rows: (label, model, the paper's Dice mean (std) per test modality))
+TABLES = [
+    ("Table 1: liver segmentation of the MR target with and without domain adaptation", "da", ("mr",), [
+        ("UNet w/o DA (trained on CT)", "unet_ct", {"mr": "0.26 (0.07)"}),
+        ("DACGAN (UNet on CT->MR)", "dacgan", {"mr": "0.72 (0.05)"}),
+        ("DADR (UNet on content-only CT)", "dadr", {"mr": "0.81 (0.03)"}),
+        ("supervised MR (upper bound)", "unet_mr", {"mr": "0.869 (0.044)"}),
+    ]),
+    ("Table 2: joint-domain learning", "da", ("ct", "mr"), [
+        ("CT trained", "unet_ct", {"ct": "0.901 (0.020)", "mr": "0.260 (0.072)"}),
+        ("MR trained", "unet_mr", {"ct": "0.134 (0.091)", "mr": "0.869 (0.044)"}),
+        ("Joint CT&MR (DADR, content-only)", "joint", {"ct": "0.912 (0.012)", "mr": "0.891 (0.040)"}),
+    ]),
+    ("Table 3: domain adaptation to a multi-phasic MR target", "multiphase", ("mr",), [
+        ("DACGAN", "dacgan", {"mr": "0.52 (0.06)"}),
+        ("DADR", "dadr", {"mr": "0.74 (0.04)"}),
+    ]),
+]
+LABELLED_MR_SECTIONS = ("target_labelled", "target_test")
+
+
+def _subject(entry: dict) -> str:
+    return entry.get("subject", Path(entry["image"]).name)
+
+
+def _labelled(datalist: Path, sections: tuple[str, ...], modality: str) -> list[dict]:
+    """The labelled entries of ``sections`` (each image once), paths absolute."""
+    raw = json.loads(Path(datalist).read_text())
+    entries, seen = [], set()
+    for section in sections:
+        if raw.get(section):
+            for entry in read_datalist(datalist, section):
+                if "label" in entry and entry["image"] not in seen:
+                    seen.add(entry["image"])
+                    entries.append(entry)
+    if not entries:
+        raise DataError(datalist, f"has no labelled {modality.upper()} entries in {', '.join(sections)}: "
+                                  "the experiments test on held-out labelled subjects of both modalities")
+    return entries
+
+
+def subject_folds(entries: list[dict], folds: int, seed: int, source: str | Path = "datalist") -> list[list[str]]:
+    """Subjects split into ``folds`` disjoint folds of near-equal size (shuffled with ``seed``);
+    all images of a subject (e.g. its MR phases) fall in the same fold."""
+    subjects = sorted({_subject(e) for e in entries})
+    if not 2 <= folds <= len(subjects):
+        raise DataError(source, f"has {len(subjects)} subjects: --folds must be between 2 and {len(subjects)}, got {folds}")
+    random.Random(seed).shuffle(subjects)
+    return [sorted(subjects[i::folds]) for i in range(folds)]
+
+
+def _fold_datalist(ct: list[dict], mr: list[dict], ct_test: list[str], mr_test: list[str]) -> dict:
+    def split(entries, test):
+        return [e for e in entries if _subject(e) not in test], [e for e in entries if _subject(e) in test]
+
+    ct_train, ct_held = split(ct, ct_test)
+    mr_train, mr_held = split(mr, mr_test)
+    return {"source": ct_train, "source_test": ct_held, "target": [{k: v for k, v in e.items() if k != "label"} for e in mr_train],
+            "target_labelled": mr_train, "target_test": mr_held}
+
+
+def _write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_outputs([path]) as (tmp,):
+        tmp.write_text(json.dumps(data, indent=2))
+
+
+def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[dict]:
+    """Every step of one fold whose output is missing; returns the per-image test rows."""
+    done = fold_dir / "results.json"
+    if done.is_file():
+        logger.info("%s: finished before, not recomputed", fold_dir)
+        return json.loads(done.read_text())
+    datalist = fold_dir / "datalist.json"
+    sizes = {"image_size": settings["image_size"], "dim": settings["dim"]}
+    drl, cyclegan = fold_dir / "drl" / "drl.pt", fold_dir / "cyclegan" / "cyclegan.pt"
+    adaptations = {MODELS[m][0]["adaptation"] for m in models}
+    if "dadr" in adaptations and not drl.is_file():
+        run_stage1(fold_dir, drl.parent, settings["drl_iterations"], sizes, resume=True, seed=settings["seed"])
+    if "cyclegan" in adaptations and not cyclegan.is_file():
+        run_cyclegan(fold_dir, cyclegan.parent, settings["cyclegan_iterations"], sizes, resume=True, seed=settings["seed"])
+    rows = []
+    for model, tests in models.items():
+        overrides, adaptation = MODELS[model]
+        model_path = fold_dir / model / "model.pt"
+        if not model_path.is_file():
+            run_stage2(fold_dir, model_path.parent, drl, settings["seg_epochs"], sizes, cyclegan_path=str(cyclegan), seed=settings["seed"], **overrides)
+        for test in tests:
+            out = fold_dir / model / f"test_{test}"
+            if (out / "metrics.json").is_file():
+                metrics = json.loads((out / "metrics.json").read_text())
+            else:
+                metrics = run_evaluation(datalist, model_path, out, sizes, adaptation=adaptation, modality=test, eval_section=TEST_SECTIONS[test])
+            rows += [{"fold": fold, "model": model, "test": test, **row} for row in metrics["subjects"]]
+    _write_json(done, rows)
+    return rows
+
+
+def _check_resumable(path: Path, settings: dict) -> None:
+    """Record the settings of a new run; a run resumed in the same folder must use the same ones,
+    or its folds would mix results of different settings."""
+    if path.is_file():
+        before = json.loads(path.read_text())
+        if changed := {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}:
+            raise DataError(path, f"this folder holds a run with other settings ({', '.join(f'{k}: {a} -> {b}' for k, (a, b) in changed.items())}); "
+                                  "use another --out or the same settings")
+    else:
+        _write_json(path, settings)
+
+
+def _mean_std(values: list[float]) -> str:
+    values = [v for v in values if np.isfinite(v)]
+    return f"{np.mean(values):.3f} ({np.std(values):.3f})" if values else "n/a"
+
+
+def _tables(rows_by_experiment: dict[str, list[dict]]) -> tuple[dict, str]:
+    """The paper's tables from the per-image rows: Dice mean (std) over the held-out images."""
+    tables, lines = {}, []
+    for title, experiment, tests, table_rows in TABLES:
+        rows = rows_by_experiment.get(experiment)
+        if not rows:
+            continue
+        header = "| method | " + " | ".join(f"{t.upper()} tested: ours | {t.upper()} tested: paper" for t in tests) + " |"
+        lines += [f"### {title}", "", header, "|---" * (1 + 2 * len(tests)) + "|"]
+        tables[title] = {}
+        for label, model, paper in table_rows:
+            cells, entry = [], {}
+            for test in tests:
+                dice = [r["dice"] for r in rows if r["model"] == model and r["test"] == test]
+                entry[test] = {"dice_mean": float(np.mean(dice)), "dice_std": float(np.std(dice)), "n": len(dice), "paper": paper[test]}
+                cells += [_mean_std(dice), paper[test]]
+            tables[title][label] = entry
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return tables, "\n".join(lines)
+
+
+def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multiphase_datalist: str | Path | None = None, size: int = 128, dim: int = 32,
+                    drl_iterations: int = 20000, cyclegan_iterations: int = 20000, seg_epochs: int = 30, seed: int = 0, figures: bool = True) -> dict:
+    """Run the experiments under ``out``; writes ``results.csv``, ``results.json`` and ``results.md``.
+
+    Args:
+        datalist: labelled CT in ``source``, labelled MR in ``target_labelled`` and/or ``target_test``
+            (folds are made over all of them; MR labels are used for testing and the upper bound only).
+        out: output folder (re-running with the same folder resumes).
+        folds: number of subject-wise folds (each modality needs at least that many subjects).
+        multiphase_datalist: a datalist whose MR entries are the three T1 phases (the phantoms'
+            ``datalist_multiphase.json``) for table 3, or ``None``.
+        size: in-plane slice size of every network.
+        dim: channels of the first layer of the DRLModule and of the CycleGAN.
+        drl_iterations, cyclegan_iterations: GAN iterations per fold.
+        seg_epochs: UNet epochs.
+        seed: seed of the folds and of every training.
+        figures: also draw the paper's Fig. 3-7 from fold 0 into ``out/figures``.
+    """
+    out = Path(out)
+    datalist = Path(datalist).resolve()
+    multiphase_datalist = None if multiphase_datalist is None else Path(multiphase_datalist).resolve()
+    settings = {"image_size": size, "dim": dim, "drl_iterations": drl_iterations, "cyclegan_iterations": cyclegan_iterations,
+                "seg_epochs": seg_epochs, "seed": seed, "folds": folds, "datalist": str(datalist),
+                "multiphase_datalist": None if multiphase_datalist is None else str(multiphase_datalist)}
+    _check_resumable(out / "settings.json", settings)
+    ct = _labelled(datalist, ("source",), "ct")
+    targets = {"da": _labelled(datalist, LABELLED_MR_SECTIONS, "mr")}
+    if multiphase_datalist is not None:
+        targets["multiphase"] = _labelled(multiphase_datalist, LABELLED_MR_SECTIONS, "mr")
+    ct_folds = subject_folds(ct, folds, seed, datalist)
+    rows_by_experiment = {}
+    for experiment, mr in targets.items():
+        mr_folds = subject_folds(mr, folds, seed, multiphase_datalist if experiment == "multiphase" else datalist)
+        rows = []
+        for k in range(folds):
+            fold_dir = out / experiment / f"fold_{k}"
+            if not (fold_dir / "datalist.json").is_file():
+                _write_json(fold_dir / "datalist.json", _fold_datalist(ct, mr, ct_folds[k], mr_folds[k]))
+            logger.info("%s fold %d/%d: CT test %s, MR test %s", experiment, k + 1, folds, ct_folds[k], mr_folds[k])
+            rows += _run_fold(fold_dir, k, EXPERIMENTS[experiment], settings)
+        rows_by_experiment[experiment] = rows
+    tables, markdown = _tables(rows_by_experiment)
+    all_rows = [{"experiment": e, **r} for e, rows in rows_by_experiment.items() for r in rows]
+    fields = ["experiment", "fold", "model", "test", "subject", "dice", "hd95_mm", "assd_mm", "image"]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(all_rows)
+    result = {"settings": settings, "tables": tables, "rows": all_rows}
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_outputs([out / "results.csv", out / "results.json", out / "results.md"]) as (tmp_csv, tmp_json, tmp_md):
+        tmp_csv.write_text(text.getvalue())
+        tmp_json.write_text(json.dumps(result, indent=2))
+        tmp_md.write_text(f"Dice mean (std) over held-out images, {folds}-fold subject-wise cross-validation; settings: {json.dumps(settings)}\n\n{markdown}")
+    print(markdown)
+    if figures:
+        result["figures"] = [str(p) for p in experiment_figures(out, size, dim)]
+    return result
+
+
+def _networks(fold_dir: Path, size: int, dim: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Fold ``fold_dir``'s DRLModule and CycleGAN, built by the configs that trained them."""
+    built = []
+    for configs, weights in (([CONFIGS / "drl_train.yaml"], "drl/drl.pt"), ([CONFIGS / "drl_train.yaml", CONFIGS / "cyclegan_train.yaml"], "cyclegan/cyclegan.pt")):
+        parser = ConfigParser()
+        parser.read_config([str(c) for c in configs])
+        parser.update({"image_size": size, "dim": dim})
+        network = parser.get_parsed_content("network_def")
+        network.load_state_dict(torch.load(fold_dir / weights, map_location="cpu", weights_only=True))
+        built.append(network.eval())
+    return built[0], built[1]
+
+
+def _liver_slices(entries: list[dict], modality: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per volume, the slice with most liver: ((N, 1, S, S) images, (N, S, S) masks)."""
+    slices = volume_slices(entries, modality, size, with_label=True)
+    best = [int(torch.nonzero(slices["subject"] == i)[slices["label"][slices["subject"] == i].sum(dim=(1, 2, 3)).argmax()])
+            for i in range(len(entries))]
+    return slices["image"][best], slices["label"][best, 0]
+
+
+@torch.no_grad()
+def experiment_figures(out: str | Path, size: int, dim: int, n: int = 2) -> list[Path]:
+    """The paper's Fig. 3-7 from fold 0 of a finished run under ``out``, as PNGs in ``out/figures``."""
+    out = Path(out)
+    figures, paths = out / "figures", []
+    fold = out / "da" / "fold_0"
+    datalist = fold / "datalist.json"
+    drl, cyclegan = _networks(fold, size, dim)
+    ct, ct_mask = _liver_slices(read_datalist(datalist, "source_test")[:n], "ct", size)
+    mr_entries = read_datalist(datalist, "target_test")[:n]
+    mr, mr_mask = _liver_slices(mr_entries, "mr", size)
+    generated = cyclegan.translate(ct, "ct", "mr")
+    paths.append(slice_grid([(f"case {i + 1}", [("CT", ct[i, 0]), ("generated MR", generated[i, 0]), ("MR", mr[i % len(mr), 0])])
+                             for i in range(len(ct))], figures / "fig3_cyclegan_translation.png"))
+    content_ct, content_mr = drl.content_only(ct, "ct"), drl.content_only(mr, "mr")
+    paths.append(slice_grid([(f"case {i + 1}", [("CT", ct[i, 0]), ("content-only CT", content_ct[i, 0]),
+                                                ("content-only MR", content_mr[i % len(mr), 0]), ("MR", mr[i % len(mr), 0])])
+                             for i in range(len(ct))], figures / "fig4_content_only.png"))
+    rows = [(entry["subject"], [("MR", entry["image"]), ("liver mask", entry["label"])]
+             + [(model, fold / model / "test_mr" / (Path(entry["image"]).name.split(".")[0] + "_liver.nii.gz")) for model in ("unet_ct", "dacgan", "dadr")])
+            for entry in mr_entries]
+    paths.append(adaptation_figure(rows, [e["label"] for e in mr_entries], figures / "fig5_segmentation.png"))
+
+    multiphase = out / "multiphase" / "fold_0"
+    if (multiphase / "drl" / "drl.pt").is_file():
+        drl, _ = _networks(multiphase, size, dim)
+        entries = read_datalist(multiphase / "datalist.json", "target_test")
+        phases = [e for e in entries if e["subject"] == entries[0]["subject"]]
+        images, mask = _liver_slices(phases, "mr", size)
+        names = [e.get("sequence", f"phase {i + 1}") for i, e in enumerate(phases)]
+        content = drl.content_only(images, "mr")
+        paths.append(slice_grid([("image", list(zip(names, images[:, 0]))), ("content-only", list(zip(names, content[:, 0])))],
+                                figures / "fig6_multiphase_content_only.png", [mask[0], mask[0]]))
+        ct_content = drl.content_encoders["ct"](ct)
+        styles = drl.style_encoders["mr"](images)  # Es of each reference phase
+        gen = torch.Generator().manual_seed(0)
+        rows = []
+        for i in range(len(ct)):
+            with_reference = [("CT", ct[i, 0])]
+            for name, reference, style in zip(names, images, styles):
+                with_reference += [(f"reference {name}", reference[0]), ("generated", drl.decode(ct_content[i : i + 1], style[None], "mr")[0, 0])]
+            rows.append((f"case {i + 1}", with_reference))
+            random_styles = drl.random_style(4, ct, gen)
+            rows.append((f"case {i + 1}", [("CT", ct[i, 0])] + [(f"random style {k + 1}", drl.decode(ct_content[i : i + 1], s[None], "mr")[0, 0])
+                                                                for k, s in enumerate(random_styles)]))
+        paths.append(slice_grid(rows, figures / "fig7_diverse_style_transfer.png"))
+    return paths

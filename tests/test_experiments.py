@@ -1,0 +1,106 @@
+"""The DACGAN baseline (CycleGAN networks, trainer, stage-2 translation) and the k-fold experiment runner."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import run_script
+
+from bundle.data.adapted import AdaptedSlices
+from bundle.data.slices import read_datalist
+from bundle.errors import DataError
+from bundle.experiments import EXPERIMENTS, TABLES, run_experiments, subject_folds
+from bundle.losses import CycleGANLoss
+from bundle.networks import CycleGAN, LiverSegmenter, PatchDiscriminators, load_translator
+from bundle.pipeline import run_cyclegan
+
+SIZES = {"image_size": 64, "dim": 8}
+
+
+def test_cyclegan_shapes_and_cycle():
+    gan = CycleGAN(dim=8, n_res=2)
+    x_ct, x_mr = torch.rand(2, 1, 64, 64) * 2 - 1, torch.rand(2, 1, 64, 64) * 2 - 1
+    out = gan(x_ct, x_mr)
+    assert {k: tuple(v.shape) for k, v in out.items()} == {k: (2, 1, 64, 64) for k in ("ct2mr", "mr2ct", "cycle_ct", "cycle_mr")}
+    assert torch.equal(gan.reconstruct(x_ct, "ct"), out["cycle_ct"])
+    assert out["ct2mr"].abs().max() <= 1  # tanh output, the slices' range
+    scores_ct, scores_mr = PatchDiscriminators(dim=8)(x_ct, x_mr)
+    assert len(scores_ct) == len(scores_mr) == 1 and scores_ct[0].shape[:2] == (2, 1)
+    terms = CycleGANLoss(cycle_weight=10.0)(out, x_ct, x_mr, torch.tensor(0.5))
+    assert torch.isclose(terms["total"], 0.5 + 10 * (terms["cycle_ct"] + terms["cycle_mr"]))
+
+
+def test_cyclegan_bundle_run_and_dacgan_training_slices(phantoms, tmp_path):
+    """The real MONAI workflow (drl_train.yaml + cyclegan_train.yaml) trains and writes weights whose
+    ct2mr generator turns stage 2's CT slices into MR-like ones; wrong sizes are named errors."""
+    validation = run_cyclegan(phantoms, tmp_path / "cg", 20, SIZES, cyclegan_res=2)
+    weights = tmp_path / "cg" / "cyclegan.pt"
+    assert weights.is_file() and validation["iteration"] == 18
+    assert sorted(validation) == ["cycle_l1_ct", "cycle_l1_mr", "iteration"]
+    assert list((tmp_path / "cg" / "images").glob("cyclegan_*.png"))
+    translator = load_translator(weights, dim=8, n_res=2)
+    assert not any(p.requires_grad for p in translator.parameters())
+    network = LiverSegmenter(64, adaptation="none")
+    ct = read_datalist(phantoms / "datalist.json", "source")
+    plain, translated = AdaptedSlices(ct, network), AdaptedSlices(ct, network, translator=translator)
+    assert len(plain) == len(translated) and torch.equal(plain.labels, translated.labels)
+    with torch.no_grad():
+        assert torch.allclose(translated.images[:4], translator(plain.images[:4]), atol=1e-5)
+    with pytest.raises(DataError, match="cyclegan.pt: does not fit"):
+        load_translator(weights, dim=16, n_res=2)
+    with pytest.raises(DataError, match="missing.pt: does not exist"):
+        load_translator(tmp_path / "missing.pt", dim=8, n_res=2)
+
+
+def test_subject_folds_are_disjoint_and_keep_a_subjects_images_together():
+    entries = [{"image": f"{s}_{p}.nii.gz", "subject": s} for s in ("a", "b", "c", "d", "e") for p in ("pre", "art")]
+    folds = subject_folds(entries, 2, seed=0)
+    assert sorted(sum(folds, [])) == ["a", "b", "c", "d", "e"] and sorted(map(len, folds)) == [2, 3]
+    assert subject_folds(entries, 2, seed=0) == folds
+    with pytest.raises(DataError, match="5 subjects: --folds must be between 2 and 5, got 6"):
+        subject_folds(entries, 6, seed=0)
+
+
+def test_experiment_runner_two_folds_on_phantoms_resumes(phantoms, tmp_path):
+    """A tiny 2-fold run of the three tables: every held-out image tested once per model and test
+    modality, files written, a second run recomputes nothing, other settings are refused."""
+    out = tmp_path / "exp"
+    settings = dict(folds=2, multiphase_datalist=phantoms / "datalist_multiphase.json", size=64, dim=8,
+                    drl_iterations=4, cyclegan_iterations=4, seg_epochs=1)
+    result = run_experiments(phantoms / "datalist.json", out, **settings)
+    datalist = json.loads((phantoms / "datalist.json").read_text())
+    n_mr = len({e["subject"] for e in datalist["target_labelled"] + datalist["target_test"]})
+    n_ct = len(datalist["source"])
+    rows = result["rows"]
+    for experiment, models in EXPERIMENTS.items():
+        phases = 3 if experiment == "multiphase" else 1
+        for model, tests in models.items():
+            for test in tests:
+                got = [r for r in rows if (r["experiment"], r["model"], r["test"]) == (experiment, model, test)]
+                assert len(got) == (n_mr * phases if test == "mr" else n_ct), (experiment, model, test)
+                assert len({r["image"] for r in got}) == len(got)
+                assert all(0.0 <= r["dice"] <= 1.0 for r in got)
+    assert [t for t, *_ in TABLES] == list(result["tables"])
+    markdown = (out / "results.md").read_text()
+    assert "DADR (UNet on content-only CT) | " in markdown and "0.81 (0.03)" in markdown
+    assert len((out / "results.csv").read_text().splitlines()) == len(rows) + 1
+    assert sorted(p.name for p in (out / "figures").glob("*.png")) == [
+        "fig3_cyclegan_translation.png", "fig4_content_only.png", "fig5_segmentation.png",
+        "fig6_multiphase_content_only.png", "fig7_diverse_style_transfer.png"]
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.suffix in (".pt", ".json") and "figures" not in p.parts and p.parent != out}
+    again = run_experiments(phantoms / "datalist.json", out, **settings, figures=False)
+    assert again["rows"] == rows
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    with pytest.raises(DataError, match="other settings .*seg_epochs: 1 -> 2"):
+        run_experiments(phantoms / "datalist.json", out, **(settings | {"seg_epochs": 2}))
+
+
+def test_experiments_script_names_a_bad_datalist(tmp_path):
+    bad = tmp_path / "datalist.json"
+    bad.write_text(json.dumps({"source": [{"image": "ct.nii.gz", "label": "ct_liver.nii.gz"}], "target": [{"image": "mr.nii.gz"}]}))
+    result = run_script("experiments.py", "--datalist", bad, "--out", tmp_path / "out", "--folds", "2")
+    assert result.returncode == 2
+    assert f"error: {bad}: has no labelled MR entries" in result.stderr
