@@ -167,6 +167,25 @@ def test_ckpt_export_and_verify_net_in_out(weights, tmp_path):
         assert torch.allclose(scripted(x), network.eval()(x), atol=1e-5)
 
 
+def test_ship_weights_halves_both_files_all_or_nothing(weights, tmp_path):
+    from bundle.shipping import ship_weights
+
+    sizes = ship_weights(weights / "model.pt", weights / "drl.pth", tmp_path / "models")
+    for name in ("model.pt", "drl.pth"):
+        assert sizes[name] < 0.6 * (weights / name).stat().st_size / 2**20
+        assert all(v.dtype != torch.float32 for v in torch.load(tmp_path / "models" / name, weights_only=True).values())
+    network = LiverSegmenter(64, "mr", **NET, shared_res=1)
+    network.load_state_dict(torch.load(tmp_path / "models/model.pt", weights_only=True))  # strict, into float32
+    original = LiverSegmenter(64, "mr", **NET, shared_res=1)
+    original.load_state_dict(torch.load(weights / "model.pt", weights_only=True))
+    x = torch.rand(2, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(network.eval()(x), original.eval()(x), atol=2e-2)
+    with pytest.raises(DataError, match="over the 0.001 MB budget"):
+        ship_weights(weights / "model.pt", weights / "drl.pth", tmp_path / "small", max_mb=0.001)
+    assert list((tmp_path / "small").iterdir()) == []
+
+
 def test_shipped_model_fits_the_inference_config():
     from monai.bundle import ConfigParser
 
@@ -180,3 +199,4 @@ def test_shipped_model_fits_the_inference_config():
     x = torch.rand(1, 1, parser["image_size"], parser["image_size"]) * 2 - 1
     with torch.no_grad():  # model.pt's content path is the shipped DRLModule's
         assert torch.allclose(network.eval().segment_with_content(x)[1], drl.content_only(x, "mr"), atol=1e-4)
+    assert sum((ROOT / "models" / name).stat().st_size for name in ("model.pt", "drl.pth")) <= 40 * 2**20
