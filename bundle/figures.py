@@ -70,43 +70,42 @@ def adaptation_figure(rows: Sequence[tuple[str, Sequence[tuple[str, str | Path]]
     as they are, images with a robust grey window; ``liver[i]`` (row i's reference mask) is
     outlined in yellow on every panel of its row.
     """
-    n_cols = max(len(panels) for _, panels in rows)
-    fig, axes = plt.subplots(len(rows), n_cols, figsize=(2.6 * n_cols, 2.8 * len(rows)), squeeze=False)
-    for r, ((row_title, panels), mask_path) in enumerate(zip(rows, liver)):
-        mask = _array(mask_path) > 0
-        z = int(np.argmax(mask.sum(axis=(1, 2))))
-        for c in range(n_cols):
-            ax = axes[r, c]
-            ax.axis("off")
-            if c >= len(panels):
-                continue
-            title, path = panels[c]
-            image = _array(path)
-            low, high = np.percentile(image, [0.5, 99.5]) if image.max() > 1 or image.min() < 0 else (0.0, 1.0)
-            ax.imshow(image[z], cmap="gray", vmin=low, vmax=high)
-            ax.contour(mask[z], levels=[0.5], colors="yellow", linewidths=0.6)
-            ax.set_title(f"{row_title}: {title}" if c == 0 else title, fontsize=9)
-    fig.tight_layout()
-    return _save(fig, out)
+    masks = [_array(path) > 0 for path in liver]
+    levels = [int(np.argmax(mask.sum(axis=(1, 2)))) for mask in masks]
+
+    def draw(ax, r: int, path: str | Path) -> None:
+        image = _array(path)[levels[r]]
+        low, high = np.percentile(image, [0.5, 99.5]) if image.max() > 1 or image.min() < 0 else (0.0, 1.0)
+        ax.imshow(image, cmap="gray", vmin=low, vmax=high)
+        ax.contour(masks[r][levels[r]], levels=[0.5], colors="yellow", linewidths=0.6)
+
+    return _grid(rows, draw, out, (2.6, 2.8))
 
 
 def slice_grid(rows: Sequence[tuple[str, Sequence[tuple[str, np.ndarray]]]], out: str | Path, outlines: Sequence[np.ndarray | None] | None = None) -> Path:
     """A grid of 2D slices in network units ([-1, 1]), shown radiologically (anterior up,
     patient's right on the left), one row per (row title, [(panel title, slice), ...]);
     ``outlines[i]`` (a 2D mask or ``None``) is drawn in yellow on every panel of row i."""
+
+    def draw(ax, r: int, image) -> None:
+        ax.imshow(_radiological(image), cmap="gray", vmin=-1, vmax=1)
+        if outlines is not None and outlines[r] is not None:
+            ax.contour(_radiological(outlines[r]), levels=[0.5], colors="yellow", linewidths=0.6)
+
+    return _grid(rows, draw, out, (2.3, 2.5))
+
+
+def _grid(rows: Sequence[tuple[str, Sequence[tuple[str, object]]]], draw, out: str | Path, panel_size: tuple[float, float]) -> Path:
+    """One titled panel per (row title, [(panel title, content), ...]) entry; ``draw(ax, row, content)`` fills it."""
     n_cols = max(len(panels) for _, panels in rows)
-    fig, axes = plt.subplots(len(rows), n_cols, figsize=(2.3 * n_cols, 2.5 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(panel_size[0] * n_cols, panel_size[1] * len(rows)), squeeze=False)
     for r, (row_title, panels) in enumerate(rows):
-        outline = None if outlines is None else outlines[r]
         for c in range(n_cols):
             ax = axes[r, c]
             ax.axis("off")
-            if c >= len(panels):
-                continue
-            title, image = panels[c]
-            ax.imshow(_radiological(image), cmap="gray", vmin=-1, vmax=1)
-            if outline is not None:
-                ax.contour(_radiological(outline), levels=[0.5], colors="yellow", linewidths=0.6)
-            ax.set_title(f"{row_title}: {title}" if c == 0 else title, fontsize=9)
+            if c < len(panels):
+                title, content = panels[c]
+                draw(ax, r, content)
+                ax.set_title(f"{row_title}: {title}" if c == 0 else title, fontsize=9)
     fig.tight_layout()
     return _save(fig, out)
