@@ -10,7 +10,7 @@ import fire
 
 from bundle.errors import DataError
 
-__all__ = ["run_cli"]
+__all__ = ["run_cli", "flag"]
 
 
 def run_cli(component: Any) -> None:
@@ -21,3 +21,16 @@ def run_cli(component: Any) -> None:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def flag(value: bool | str, name: str) -> bool:
+    """A boolean option from the command line: fire passes ``True``/``False`` as booleans but
+    ``true``/``false`` as strings, and the string ``"false"`` would count as true."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ValueError(f"--{name} must be True or False, got {value!r}")

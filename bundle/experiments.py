@@ -30,6 +30,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from bundle.atomic import atomic_outputs
+from bundle.cli import flag
 from bundle.data.slices import read_datalist, volume_slices
 from bundle.errors import DataError
 from bundle.figures import adaptation_figure, slice_grid
@@ -140,6 +141,8 @@ def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[d
         if not model_path.is_file():
             run_stage2(fold_dir, model_path.parent, drl, settings["seg_epochs"], sizes, cyclegan_path=str(cyclegan), seed=settings["seed"], **overrides)
         for test in tests:
+            if test == "ct" and not settings["split_source"]:
+                continue  # every CT subject is in training: no held-out CT
             out = fold_dir / model / f"test_{test}"
             if (out / "metrics.json").is_file():
                 metrics = json.loads((out / "metrics.json").read_text())
@@ -181,7 +184,8 @@ def _tables(rows_by_experiment: dict[str, list[dict]]) -> tuple[dict, str]:
             cells, entry = [], {}
             for test in tests:
                 dice = [r["dice"] for r in rows if r["model"] == model and r["test"] == test]
-                entry[test] = {"dice_mean": float(np.mean(dice)), "dice_std": float(np.std(dice)), "n": len(dice), "paper": paper[test]}
+                entry[test] = {"dice_mean": float(np.mean(dice)) if dice else None, "dice_std": float(np.std(dice)) if dice else None,
+                               "n": len(dice), "paper": paper[test]}
                 cells += [_mean_std(dice), paper[test]]
             tables[title][label] = entry
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -190,7 +194,8 @@ def _tables(rows_by_experiment: dict[str, list[dict]]) -> tuple[dict, str]:
 
 
 def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multiphase_datalist: str | Path | None = None, size: int = 128, dim: int = 32,
-                    drl_iterations: int = 20000, cyclegan_iterations: int = 20000, seg_epochs: int = 30, seed: int = 0, figures: bool = True) -> dict:
+                    drl_iterations: int = 20000, cyclegan_iterations: int = 20000, seg_epochs: int = 30, seed: int = 0, figures: bool = True,
+                    split_source: bool = True) -> dict:
     """Run the experiments under ``out``; writes ``results.csv``, ``results.json`` and ``results.md``.
 
     Args:
@@ -206,19 +211,23 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
         seg_epochs: UNet epochs.
         seed: seed of the folds and of every training.
         figures: also draw the paper's Fig. 3-7 from fold 0 into ``out/figures``.
+        split_source: split the CT subjects into folds too (the paper). ``False``: every fold
+            trains on all CT subjects and the folds split the MR only, for a small CT set;
+            nothing is then tested on CT (table 2's CT columns stay empty).
     """
     out = Path(out)
+    figures, split_source = flag(figures, "figures"), flag(split_source, "split_source")
     datalist = Path(datalist).resolve()
     multiphase_datalist = None if multiphase_datalist is None else Path(multiphase_datalist).resolve()
     settings = {"image_size": size, "dim": dim, "drl_iterations": drl_iterations, "cyclegan_iterations": cyclegan_iterations,
-                "seg_epochs": seg_epochs, "seed": seed, "folds": folds, "datalist": str(datalist),
+                "seg_epochs": seg_epochs, "seed": seed, "folds": folds, "split_source": split_source, "datalist": str(datalist),
                 "multiphase_datalist": None if multiphase_datalist is None else str(multiphase_datalist)}
     _check_resumable(out / "settings.json", settings)
     ct = _labelled(datalist, ("source",), "ct")
     targets = {"da": _labelled(datalist, LABELLED_MR_SECTIONS, "mr")}
     if multiphase_datalist is not None:
         targets["multiphase"] = _labelled(multiphase_datalist, LABELLED_MR_SECTIONS, "mr")
-    ct_folds = subject_folds(ct, folds, seed, datalist)
+    ct_folds = subject_folds(ct, folds, seed, datalist) if split_source else [[] for _ in range(folds)]
     rows_by_experiment = {}
     for experiment, mr in targets.items():
         mr_folds = subject_folds(mr, folds, seed, multiphase_datalist if experiment == "multiphase" else datalist)
@@ -278,7 +287,8 @@ def experiment_figures(out: str | Path, size: int, dim: int, n: int = 2) -> list
     fold = out / "da" / "fold_0"
     datalist = fold / "datalist.json"
     drl, cyclegan = _networks(fold, size, dim)
-    ct, ct_mask = _liver_slices(read_datalist(datalist, "source_test")[:n], "ct", size)
+    held_out_ct = json.loads(datalist.read_text())["source_test"]  # empty when the CT was not split
+    ct, ct_mask = _liver_slices(read_datalist(datalist, "source_test" if held_out_ct else "source")[:n], "ct", size)
     mr_entries = read_datalist(datalist, "target_test")[:n]
     mr, mr_mask = _liver_slices(mr_entries, "mr", size)
     generated = cyclegan.translate(ct, "ct", "mr")

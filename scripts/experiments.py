@@ -1,7 +1,7 @@
 """The paper's experiments: subject-wise k-fold DADR vs no adaptation, DACGAN, supervised MR, joint learning, multi-phasic MR.
 
     python scripts/experiments.py --datalist FILE --out DIR [--folds 5] [--multiphase_datalist FILE]
-        [--size 128] [--dim 32] [--drl_iterations N] [--cyclegan_iterations N] [--seg_epochs N] [--figures true]
+        [--size 128] [--dim 32] [--drl_iterations N] [--cyclegan_iterations N] [--seg_epochs N] [--figures False] [--split_source False]
 
 Re-running with the same --out resumes: finished steps and folds are not recomputed.
 """

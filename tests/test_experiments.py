@@ -8,10 +8,11 @@ import pytest
 import torch
 from conftest import run_script
 
+from bundle.cli import flag
 from bundle.data.adapted import AdaptedSlices
 from bundle.data.slices import read_datalist
 from bundle.errors import DataError
-from bundle.experiments import EXPERIMENTS, TABLES, run_experiments, subject_folds
+from bundle.experiments import EXPERIMENTS, TABLES, _fold_datalist, run_experiments, subject_folds
 from bundle.losses import CycleGANLoss
 from bundle.networks import CycleGAN, LiverSegmenter, PatchDiscriminators, load_translator
 from bundle.pipeline import run_cyclegan
@@ -63,6 +64,17 @@ def test_subject_folds_are_disjoint_and_keep_a_subjects_images_together():
         subject_folds(entries, 6, seed=0)
 
 
+def test_fold_datalists_with_and_without_splitting_the_ct():
+    ct = [{"image": f"ct{i}.nii.gz", "label": f"ct{i}_liver.nii.gz", "subject": f"ct{i}"} for i in range(3)]
+    mr = [{"image": f"mr{i}.nii.gz", "label": f"mr{i}_liver.nii.gz", "subject": f"mr{i}"} for i in range(3)]
+    split = _fold_datalist(ct, mr, ["ct0"], ["mr1", "mr2"])
+    assert [e["subject"] for e in split["source"]] == ["ct1", "ct2"] and [e["subject"] for e in split["source_test"]] == ["ct0"]
+    assert [e["subject"] for e in split["target_test"]] == ["mr1", "mr2"] and split["target_labelled"] == [mr[0]]
+    assert split["target"] == [{"image": "mr0.nii.gz", "subject": "mr0"}]  # unlabelled for adaptation
+    whole = _fold_datalist(ct, mr, [], ["mr1", "mr2"])
+    assert whole["source"] == ct and whole["source_test"] == []
+
+
 def test_experiment_runner_two_folds_on_phantoms_resumes(phantoms, tmp_path):
     """A tiny 2-fold run of the three tables: every held-out image tested once per model and test
     modality, files written, a second run recomputes nothing, other settings are refused."""
@@ -104,3 +116,9 @@ def test_experiments_script_names_a_bad_datalist(tmp_path):
     result = run_script("experiments.py", "--datalist", bad, "--out", tmp_path / "out", "--folds", "2")
     assert result.returncode == 2
     assert f"error: {bad}: has no labelled MR entries" in result.stderr
+
+
+def test_command_line_flags_read_true_and_false_in_any_spelling():
+    assert [flag(v, "x") for v in (True, "true", "True", "1", False, "false", "FALSE", "0")] == [True] * 4 + [False] * 4
+    with pytest.raises(ValueError, match="--split_source must be True or False, got 'maybe'"):
+        flag("maybe", "split_source")
