@@ -14,6 +14,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from monai.bundle import run as run_bundle
+from scipy import ndimage
 
 from bundle.data.adapted import AdaptedSlices
 from bundle.data.export import write_dicom_series
@@ -90,6 +91,15 @@ def test_stage2_training_writes_a_model_the_inference_config_loads(phantoms, wei
     run_bundle("inference", config_file=str(ROOT / "configs/inference.yaml"), dataset_dir=str(phantoms / "mr"),
                output_dir=str(tmp_path / "out"), model_path=str(tmp_path / "models/model.pt"), **SIZES)
     assert len(list((tmp_path / "out").glob("*_liver.nii.gz"))) == len(list((phantoms / "mr").glob("*_image.nii.gz")))
+    # largest_component (default true) keeps one 3D component, a subset of what the UNet marks
+    run_bundle("inference", config_file=str(ROOT / "configs/inference.yaml"), dataset_dir=str(phantoms / "mr"), largest_component=False,
+               output_dir=str(tmp_path / "all"), model_path=str(tmp_path / "models/model.pt"), **SIZES)
+    removed = 0
+    for path in (tmp_path / "out").glob("*_liver.nii.gz"):
+        kept, marked = (np.asarray(nib.load(folder / path.name).dataobj) > 0 for folder in (tmp_path / "out", tmp_path / "all"))
+        assert ndimage.label(kept, structure=np.ones((3, 3, 3)))[1] <= 1 and np.all(marked[kept]), path.name  # 26-connected
+        removed += int(marked.sum() - kept.sum())
+    assert removed > 0  # a 2-epoch UNet marks islands
 
 
 def run_inference(dataset_dir, output_dir, model, *extra):
