@@ -120,6 +120,16 @@ def _write_json(path: Path, data) -> None:
         tmp.write_text(json.dumps(data, indent=2))
 
 
+def _loadable(path: Path) -> bool:
+    """Whether stage 2 finished writing ``path``: MONAI's ``CheckpointSaver`` does not write
+    atomically, so a run killed while saving can leave a truncated file behind."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+        return True
+    except (OSError, RuntimeError, EOFError):
+        return False
+
+
 def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[dict]:
     """Every step of one fold whose output is missing; returns the per-image test rows."""
     done = fold_dir / "results.json"
@@ -138,7 +148,7 @@ def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[d
     for model, tests in models.items():
         overrides, adaptation = MODELS[model]
         model_path = fold_dir / model / "model.pt"
-        if not model_path.is_file():
+        if not _loadable(model_path):
             run_stage2(fold_dir, model_path.parent, drl, settings["seg_epochs"], sizes, cyclegan_path=str(cyclegan), seed=settings["seed"], **overrides)
         for test in tests:
             if test == "ct" and not settings["split_source"]:

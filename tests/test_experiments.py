@@ -12,7 +12,7 @@ from bundle.cli import flag
 from bundle.data.adapted import AdaptedSlices
 from bundle.data.slices import read_datalist
 from bundle.errors import DataError
-from bundle.experiments import EXPERIMENTS, TABLES, _fold_datalist, run_experiments, subject_folds
+from bundle.experiments import EXPERIMENTS, TABLES, _fold_datalist, _loadable, run_experiments, subject_folds
 from bundle.losses import CycleGANLoss
 from bundle.networks import CycleGAN, LiverSegmenter, PatchDiscriminators, load_translator
 from bundle.pipeline import run_cyclegan
@@ -122,3 +122,10 @@ def test_command_line_flags_read_true_and_false_in_any_spelling():
     assert [flag(v, "x") for v in (True, "true", "True", "1", False, "false", "FALSE", "0")] == [True] * 4 + [False] * 4
     with pytest.raises(ValueError, match="--split_source must be True or False, got 'maybe'"):
         flag("maybe", "split_source")
+
+
+def test_a_truncated_stage2_model_counts_as_unfinished(tmp_path):
+    torch.save({"w": torch.zeros(1000)}, tmp_path / "model.pt")
+    data = (tmp_path / "model.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    assert [_loadable(tmp_path / n) for n in ("model.pt", "cut.pt", "absent.pt")] == [True, False, False]
