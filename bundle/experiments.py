@@ -31,6 +31,7 @@ from monai.bundle import ConfigParser
 
 from bundle.atomic import atomic_outputs
 from bundle.cli import flag
+from bundle.data.readers import case_name
 from bundle.data.slices import read_datalist, volume_slices
 from bundle.errors import DataError
 from bundle.figures import adaptation_figure, slice_grid
@@ -120,14 +121,10 @@ def _write_json(path: Path, data) -> None:
         tmp.write_text(json.dumps(data, indent=2))
 
 
-def _loadable(path: Path) -> bool:
-    """Whether stage 2 finished writing ``path``: MONAI's ``CheckpointSaver`` does not write
-    atomically, so a run killed while saving can leave a truncated file behind."""
-    try:
-        torch.load(path, map_location="cpu", weights_only=True)
-        return True
-    except (OSError, RuntimeError, EOFError):
-        return False
+def _trained(model_dir: Path) -> bool:
+    """Whether stage 2 ran to its end in ``model_dir``. ``model.pt`` alone does not tell:
+    MONAI's ``CheckpointSaver`` also saves it when training is interrupted (and not atomically)."""
+    return (model_dir / "trained").is_file()
 
 
 def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[dict]:
@@ -148,8 +145,9 @@ def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[d
     for model, tests in models.items():
         overrides, adaptation = MODELS[model]
         model_path = fold_dir / model / "model.pt"
-        if not _loadable(model_path):
+        if not _trained(model_path.parent):
             run_stage2(fold_dir, model_path.parent, drl, settings["seg_epochs"], sizes, cyclegan_path=str(cyclegan), seed=settings["seed"], **overrides)
+            (model_path.parent / "trained").touch()
         for test in tests:
             if test == "ct" and not settings["split_source"]:
                 continue  # every CT subject is in training: no held-out CT
@@ -176,7 +174,6 @@ def _check_resumable(path: Path, settings: dict) -> None:
 
 
 def _mean_std(values: list[float]) -> str:
-    values = [v for v in values if np.isfinite(v)]
     return f"{np.mean(values):.3f} ({np.std(values):.3f})" if values else "n/a"
 
 
@@ -193,7 +190,7 @@ def _tables(rows_by_experiment: dict[str, list[dict]]) -> tuple[dict, str]:
         for label, model, paper in table_rows:
             cells, entry = [], {}
             for test in tests:
-                dice = [r["dice"] for r in rows if r["model"] == model and r["test"] == test]
+                dice = [r["dice"] for r in rows if r["model"] == model and r["test"] == test and np.isfinite(r["dice"])]
                 entry[test] = {"dice_mean": float(np.mean(dice)) if dice else None, "dice_std": float(np.std(dice)) if dice else None,
                                "n": len(dice), "paper": paper[test]}
                 cells += [_mean_std(dice), paper[test]]
@@ -211,6 +208,8 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
     Args:
         datalist: labelled CT in ``source``, labelled MR in ``target_labelled`` and/or ``target_test``
             (folds are made over all of them; MR labels are used for testing and the upper bound only).
+            Entries need a ``subject`` key where a subject has several images (MR phases), or
+            they are split as separate subjects.
         out: output folder (re-running with the same folder resumes).
         folds: number of subject-wise folds (each modality needs at least that many subjects).
         multiphase_datalist: a datalist whose MR entries are the three T1 phases (the phantoms'
@@ -232,12 +231,14 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
     settings = {"image_size": size, "dim": dim, "drl_iterations": drl_iterations, "cyclegan_iterations": cyclegan_iterations,
                 "seg_epochs": seg_epochs, "seed": seed, "folds": folds, "split_source": split_source, "datalist": str(datalist),
                 "multiphase_datalist": None if multiphase_datalist is None else str(multiphase_datalist)}
-    _check_resumable(out / "settings.json", settings)
     ct = _labelled(datalist, ("source",), "ct")
     targets = {"da": _labelled(datalist, LABELLED_MR_SECTIONS, "mr")}
     if multiphase_datalist is not None:
         targets["multiphase"] = _labelled(multiphase_datalist, LABELLED_MR_SECTIONS, "mr")
     ct_folds = subject_folds(ct, folds, seed, datalist) if split_source else [[] for _ in range(folds)]
+    for experiment, mr in targets.items():  # bad inputs fail before anything is written
+        subject_folds(mr, folds, seed, multiphase_datalist if experiment == "multiphase" else datalist)
+    _check_resumable(out / "settings.json", settings)
     rows_by_experiment = {}
     for experiment, mr in targets.items():
         mr_folds = subject_folds(mr, folds, seed, multiphase_datalist if experiment == "multiphase" else datalist)
@@ -308,8 +309,8 @@ def experiment_figures(out: str | Path, size: int, dim: int, n: int = 2) -> list
     paths.append(slice_grid([(f"case {i + 1}", [("CT", ct[i, 0]), ("content-only CT", content_ct[i, 0]),
                                                 ("content-only MR", content_mr[i % len(mr), 0]), ("MR", mr[i % len(mr), 0])])
                              for i in range(len(ct))], figures / "fig4_content_only.png"))
-    rows = [(entry["subject"], [("MR", entry["image"]), ("liver mask", entry["label"])]
-             + [(model, fold / model / "test_mr" / (Path(entry["image"]).name.split(".")[0] + "_liver.nii.gz")) for model in ("unet_ct", "dacgan", "dadr")])
+    rows = [(_subject(entry), [("MR", entry["image"]), ("liver mask", entry["label"])]
+             + [(model, fold / model / "test_mr" / f"{case_name(entry['image'])}_liver.nii.gz") for model in ("unet_ct", "dacgan", "dadr")])
             for entry in mr_entries]
     paths.append(adaptation_figure(rows, [e["label"] for e in mr_entries], figures / "fig5_segmentation.png"))
 
@@ -317,7 +318,7 @@ def experiment_figures(out: str | Path, size: int, dim: int, n: int = 2) -> list
     if (multiphase / "drl" / "drl.pt").is_file():
         drl, _ = _networks(multiphase, size, dim)
         entries = read_datalist(multiphase / "datalist.json", "target_test")
-        phases = [e for e in entries if e["subject"] == entries[0]["subject"]]
+        phases = [e for e in entries if _subject(e) == _subject(entries[0])]
         images, mask = _liver_slices(phases, "mr", size)
         names = [e.get("sequence", f"phase {i + 1}") for i, e in enumerate(phases)]
         content = drl.content_only(images, "mr")

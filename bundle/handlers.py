@@ -53,7 +53,7 @@ class LossProgressBar(ProgressBar):
 
 class AtomicCheckpoint:
     """Resume from the last checkpoint in ``save_dir`` at start; save every ``save_interval``
-    epochs, atomically, keeping the last ``n_saved``; at the end write the DRLModule weights
+    epochs, atomically, keeping the last ``n_saved``; at the end write the network's weights (DRLModule or CycleGAN)
     alone to ``final_path``. The trainer's own state (epoch, iteration) is saved with the
     ``objects`` under the key ``trainer``, so a resumed run continues where the last one stopped.
     Under torch.distributed every rank resumes and only rank 0 writes (ignite's ``DiskSaver``
@@ -65,8 +65,8 @@ class AtomicCheckpoint:
         n_saved: checkpoints kept.
         save_interval: epochs between checkpoints.
         resume: load the latest checkpoint (if any) when the run starts.
-        network: the DRLModule whose weights ``final_path`` receives.
-        final_path: where to write the trained DRLModule's ``state_dict`` (``None``: not written).
+        network: the network whose weights ``final_path`` receives.
+        final_path: where to write the trained network's ``state_dict`` (``None``: not written).
         map_location: device mapping for loading.
     """
 
