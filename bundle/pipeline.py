@@ -16,26 +16,24 @@ __all__ = ["CONFIGS", "run_stage1", "run_cyclegan", "run_stage2", "run_evaluatio
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def _last_validation(out: Path) -> dict:
+def _run_gan(configs: list[str], weights: dict, dataset_dir: Path, out: Path, iterations: int, sizes: dict, resume: bool, overrides: dict) -> dict:
+    run_bundle("training", config_file=[str(CONFIGS / c) for c in configs], dataset_dir=str(dataset_dir), output_dir=str(out),
+               max_iterations=iterations, val_interval=max(1, iterations // 3), n_val_slices=16, resume=resume,
+               **weights, **sizes, **overrides)
     return json.loads((out / "validation.jsonl").read_text().splitlines()[-1])
 
 
 def run_stage1(dataset_dir: Path, out: Path, iterations: int, sizes: dict, resume: bool = False, **overrides) -> dict:
     """Stage 1 (configs/drl_train.yaml) into ``out``, weights ``out/drl.pt``; returns the last validation.
     ``resume``: continue from the checkpoints of an interrupted run in ``out``."""
-    run_bundle("training", config_file=str(CONFIGS / "drl_train.yaml"), dataset_dir=str(dataset_dir), output_dir=str(out),
-               drl_path=str(out / "drl.pt"), max_iterations=iterations, val_interval=max(1, iterations // 3), n_val_slices=16,
-               resume=resume, **sizes, **overrides)
-    return _last_validation(out)
+    return _run_gan(["drl_train.yaml"], {"drl_path": str(out / "drl.pt")}, dataset_dir, out, iterations, sizes, resume, overrides)
 
 
 def run_cyclegan(dataset_dir: Path, out: Path, iterations: int, sizes: dict, resume: bool = False, **overrides) -> dict:
     """The DACGAN baseline's CycleGAN (drl_train.yaml + cyclegan_train.yaml) into ``out``,
     weights ``out/cyclegan.pt``; returns the last validation."""
-    run_bundle("training", config_file=[str(CONFIGS / "drl_train.yaml"), str(CONFIGS / "cyclegan_train.yaml")],
-               dataset_dir=str(dataset_dir), output_dir=str(out), cyclegan_path=str(out / "cyclegan.pt"), max_iterations=iterations,
-               val_interval=max(1, iterations // 3), n_val_slices=16, resume=resume, **sizes, **overrides)
-    return _last_validation(out)
+    return _run_gan(["drl_train.yaml", "cyclegan_train.yaml"], {"cyclegan_path": str(out / "cyclegan.pt")}, dataset_dir, out,
+                    iterations, sizes, resume, overrides)
 
 
 def run_stage2(dataset_dir: Path, out: Path, drl_path: Path, epochs: int, sizes: dict, **overrides) -> Path:

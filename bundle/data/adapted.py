@@ -44,10 +44,10 @@ class AdaptedSlices(Dataset):
             slices = volume_slices(entries, mod, network.image_size, with_label=True, source=entries[0]["image"])
             adapted = slices["image"]
             if translator is not None and mod == "ct":
-                adapted, mod = self._apply(translator, adapted, batch_size), "mr"
+                adapted, mod = self._apply(translator, adapted, batch_size, translator), "mr"
             path = network.content_path
             if isinstance(path, ContentOnly):  # always in eval mode (LiverSegmenter)
-                adapted = self._apply(lambda x, m=mod: path.content_only(x, m), adapted, batch_size, next(path.parameters()).device)
+                adapted = self._apply(lambda x, m=mod: path.content_only(x, m), adapted, batch_size, path)
             images.append(adapted)
             labels.append(slices["label"])
         empty = torch.empty(0, 1, network.image_size, network.image_size)
@@ -56,9 +56,9 @@ class AdaptedSlices(Dataset):
 
     @staticmethod
     @torch.no_grad()
-    def _apply(function: Callable, images: torch.Tensor, batch_size: int, device: torch.device | None = None) -> torch.Tensor:
-        if device is None and isinstance(function, nn.Module):
-            device = next(function.parameters()).device
+    def _apply(function: Callable, images: torch.Tensor, batch_size: int, owner: nn.Module) -> torch.Tensor:
+        """``function`` of the images in batches, on the device of ``owner``'s weights."""
+        device = next(owner.parameters()).device
         return torch.cat([function(batch.to(device)).cpu() for batch in images.split(batch_size)])
 
     def __len__(self) -> int:
