@@ -14,11 +14,12 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
 
 from bundle.engines import DRLTrainer
 from bundle.networks import DomainDiscriminators, DRLModule
 
-__all__ = ["benchmark_drl", "benchmark_inference"]
+__all__ = ["benchmark_drl", "benchmark_inference", "benchmark_matmul"]
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -30,14 +31,19 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 def benchmark_drl(size: int = 128, dim: int = 64, batch: int = 1, iters: int = 10, warmup: int = 2, amp: str | None = None,
-                  channels_last: bool = True, device: str | None = None, seed: int = 0) -> dict:
+                  channels_last: bool | None = None, device: str | None = None, seed: int = 0, profile: bool = False) -> dict:
     """Seconds per full D+G iteration (``DRLTrainer._iteration``) at the paper's architecture
     (n_down 2, n_res 4, style 8, MLP 256, 3-scale discriminators with 4 layers), 1-channel images.
 
-    Returns ``{"times": [...], "median": s, "peak_mem_mb": MB}``.
+    ``channels_last``: ``None`` follows drl_train.yaml (on CUDA only).
+    Returns ``{"times": [...], "median": s, "peak_mem_mb": MB, "gflop": GFLOP per iteration, "channels_last": bool}``
+    (convolutions and matrix products, forward and backward, counted by torch's ``FlopCounterMode``
+    on one extra, untimed iteration); with ``profile``, also ``"profile"``: torch.profiler's
+    table of the operators that took the most time over ``iters`` further iterations.
     """
     torch.manual_seed(seed)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    channels_last = device.type == "cuda" if channels_last is None else channels_last
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     network = DRLModule(dim=dim).to(device, memory_format=memory_format)
     discriminators = DomainDiscriminators(dim=dim).to(device, memory_format=memory_format)
@@ -58,7 +64,38 @@ def benchmark_drl(size: int = 128, dim: int = 64, batch: int = 1, iters: int = 1
             torch.cuda.synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    return {"times": times, "median": statistics.median(times), "peak_mem_mb": _peak_memory_mb(device)}
+    peak = _peak_memory_mb(device)
+    with FlopCounterMode(display=False) as counter:
+        trainer._iteration(trainer, batch_data)
+    result = {"times": times, "median": statistics.median(times), "peak_mem_mb": peak, "gflop": counter.get_total_flops() / 1e9,
+              "channels_last": channels_last}
+    if profile:
+        with torch.profiler.profile() as profiler:
+            for _ in range(iters):
+                trainer._iteration(trainer, batch_data)
+        result["profile"] = profiler.key_averages().table(sort_by="self_device_time_total" if device.type == "cuda" else "self_cpu_time_total", row_limit=15)
+    return result
+
+
+def benchmark_matmul(n: int = 2048, iters: int = 10, dtype: str = "float32", device: str | None = None) -> dict:
+    """The machine's arithmetic ceiling: GFLOP/s of an ``n`` x ``n`` matrix product (median of ``iters``).
+
+    A training iteration cannot run faster than its FLOP count over this rate.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    a, b = (torch.randn(n, n, device=device, dtype=getattr(torch, dtype)) for _ in range(2))
+    times = []
+    for i in range(iters + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:
+            times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {"times": times, "median": median, "gflops": 2 * n**3 / median / 1e9}
 
 
 def benchmark_inference(shape: tuple[int, int, int] = (256, 256, 40), iters: int = 5, warmup: int = 1, device: str | None = None,

@@ -1,11 +1,14 @@
 """Benchmarks that print figures (never timed tests).
 
-    python scripts/benchmark.py drl --size 128 --dim 64 --batch 1 --iters 10 [--amp bfloat16] [--channels_last False]
+    python scripts/benchmark.py drl --size 128 --dim 64 --batch 1 --iters 10 [--amp bfloat16] [--channels_last True] [--profile True]
 
     python scripts/benchmark.py inference --shape 256,256,40 --iters 5 [--image_size 128 --dim 32]
 
-The last line is ``drl s/iter=<median seconds per D+G iteration> peak_mem=<MB>``, or
-``inference s/volume=<median seconds per volume, read to written> peak_mem=<MB>``.
+    python scripts/benchmark.py matmul --n 2048 [--dtype bfloat16]
+
+The last line is ``drl s/iter=<median seconds per D+G iteration> peak_mem=<MB> gflop=<per iteration>
+gflops=<achieved>``, ``inference s/volume=<median seconds per volume, read to written> peak_mem=<MB>``,
+or ``matmul gflops=<the machine's rate>``.
 """
 
 import sys
@@ -15,20 +18,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bundle.benchmark import benchmark_drl, benchmark_inference  # noqa: E402
-from bundle.cli import run_cli  # noqa: E402
+from bundle.benchmark import benchmark_drl, benchmark_inference, benchmark_matmul  # noqa: E402
+from bundle.cli import flag, run_cli  # noqa: E402
 
 
 class Benchmark:
     """Speed benchmarks of the bundle's hot paths."""
 
     def drl(self, size: int = 128, dim: int = 64, batch: int = 1, iters: int = 10, warmup: int = 2, amp: str | None = None,
-            channels_last: bool = True, device: str | None = None) -> None:
-        """Stage-1 training iteration (discriminator + generator update)."""
-        result = benchmark_drl(size, dim, batch, iters, warmup, amp, channels_last, device)
-        print(f"size={size} dim={dim} batch={batch} amp={amp} channels_last={channels_last} threads={torch.get_num_threads()} "
+            channels_last: bool | None = None, device: str | None = None, profile: bool = False) -> None:
+        """Stage-1 training iteration (discriminator + generator update); ``--profile True`` first prints where the time goes."""
+        channels_last = None if channels_last is None else flag(channels_last, "channels_last")
+        result = benchmark_drl(size, dim, batch, iters, warmup, amp, channels_last, device, profile=flag(profile, "profile"))
+        if "profile" in result:
+            print(result["profile"])
+        print(f"size={size} dim={dim} batch={batch} amp={amp} channels_last={result['channels_last']} threads={torch.get_num_threads()} "
               f"times=[{', '.join(f'{t:.3f}' for t in result['times'])}]")
-        print(f"drl s/iter={result['median']:.3f} peak_mem={result['peak_mem_mb']:.0f}MB")
+        print(f"drl s/iter={result['median']:.3f} peak_mem={result['peak_mem_mb']:.0f}MB gflop={result['gflop']:.1f} "
+              f"gflops={result['gflop'] / result['median']:.0f}")
 
     def inference(self, shape: str | tuple = "256,256,40", iters: int = 5, warmup: int = 1, device: str | None = None, **sizes) -> None:
         """Inference on one volume, end to end, through configs/inference.yaml (sizes overridable)."""
@@ -37,6 +44,12 @@ class Benchmark:
         print(f"shape={shape} threads={torch.get_num_threads()} sizes={sizes or 'inference.yaml'} "
               f"times=[{', '.join(f'{t:.3f}' for t in result['times'])}]")
         print(f"inference s/volume={result['median']:.3f} peak_mem={result['peak_mem_mb']:.0f}MB")
+
+    def matmul(self, n: int = 2048, iters: int = 10, dtype: str = "float32", device: str | None = None) -> None:
+        """The arithmetic ceiling: one large matrix product."""
+        result = benchmark_matmul(n, iters, dtype, device)
+        print(f"n={n} dtype={dtype} threads={torch.get_num_threads()} times=[{', '.join(f'{t:.4f}' for t in result['times'])}]")
+        print(f"matmul gflops={result['gflops']:.0f}")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ class AdaptiveInstanceNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-        # group norm with one group per channel is instance norm, in one channels-last-friendly kernel
+        # group norm with one group per channel is instance norm, in one fused kernel
         return torch.addcmul(beta[:, :, None, None], F.group_norm(x, self.channels, eps=self.eps), gamma[:, :, None, None])
 
 
