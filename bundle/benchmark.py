@@ -30,6 +30,17 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def _timed(fn, device: torch.device) -> float:
+    """Wall-clock seconds of ``fn()``; on a GPU, with its queue drained before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
 def benchmark_drl(size: int = 128, dim: int = 64, batch: int = 1, iters: int = 10, warmup: int = 2, amp: str | None = None,
                   channels_last: bool | None = None, device: str | None = None, seed: int = 0, profile: bool = False) -> dict:
     """Seconds per full D+G iteration (``DRLTrainer._iteration``) at the paper's architecture
@@ -56,14 +67,9 @@ def benchmark_drl(size: int = 128, dim: int = 64, batch: int = 1, iters: int = 1
     times = []
     for i in range(warmup + iters):
         trainer.state.iteration = i
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        trainer._iteration(trainer, batch_data)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        seconds = _timed(lambda: trainer._iteration(trainer, batch_data), device)
         if i >= warmup:
-            times.append(time.perf_counter() - start)
+            times.append(seconds)
     peak = _peak_memory_mb(device)
     with FlopCounterMode(display=False) as counter:
         trainer._iteration(trainer, batch_data)
@@ -84,16 +90,7 @@ def benchmark_matmul(n: int = 2048, iters: int = 10, dtype: str = "float32", dev
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     a, b = (torch.randn(n, n, device=device, dtype=getattr(torch, dtype)) for _ in range(2))
-    times = []
-    for i in range(iters + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i:
-            times.append(time.perf_counter() - start)
+    times = [_timed(lambda: a @ b, device) for _ in range(iters + 1)][1:]
     median = statistics.median(times)
     return {"times": times, "median": median, "gflops": 2 * n**3 / median / 1e9}
 
@@ -118,11 +115,6 @@ def benchmark_inference(shape: tuple[int, int, int] = (256, 256, 40), iters: int
             parser["device"] = f"$torch.device('{device}')"
         runner = parser.get_parsed_content("segment_volumes")
         (tmp / "out").mkdir()
-        times = []
-        for i in range(warmup + iters):
-            start = time.perf_counter()
-            runner.segment(tmp / "in/volume.nii.gz")
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
         dev = torch.device(parser.get_parsed_content("device"))
+        times = [_timed(lambda: runner.segment(tmp / "in/volume.nii.gz"), dev) for _ in range(warmup + iters)][warmup:]
     return {"times": times, "median": statistics.median(times), "peak_mem_mb": _peak_memory_mb(dev)}
