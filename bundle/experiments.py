@@ -11,6 +11,11 @@ on the held-out MR fold and, for table 2, on the held-out CT fold.
 Experiment ``multiphase`` (table 3): the same, with the MR target made of the three T1 phases
 (``--multiphase_datalist``); DACGAN and DADR only.
 
+Experiments ``mr_bound`` and ``ct_only`` (the bounds and the non-adaptive baselines): the
+supervised MR upper bound in folds over the MR subjects only; and the CT-trained UNets, plain
+and with appearance randomisation, in folds over the CT subjects only (``ct_folds``), each
+fold's model tested on its held-out CT and on every MR image (no MR is used in their training).
+
 Every step goes through the bundle's configs (``bundle.pipeline``) and leaves its output in
 ``out/<experiment>/fold_<k>/``; a step whose output exists is not run again, and a finished
 fold (``results.json``) is not touched, so an interrupted run continues where it stopped.
@@ -23,6 +28,7 @@ import io
 import json
 import logging
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,11 +54,15 @@ MODELS = {
     "dadr": ({"adaptation": "dadr", "train_section": "source", "train_modality": "ct"}, "dadr"),
     "unet_mr": ({"adaptation": "none", "train_section": "target_labelled", "train_modality": "mr"}, "none"),
     "joint": ({"adaptation": "dadr", "train_section": "source", "train_modality": "ct", "joint": True}, "dadr"),
+    "unet_ct_rand": ({"adaptation": "none", "train_section": "source", "train_modality": "ct", "appearance_randomisation": True}, "none"),
 }
 EXPERIMENTS = {  # model -> the held-out modalities it is tested on
     "da": {"unet_ct": ("mr", "ct"), "dacgan": ("mr",), "dadr": ("mr",), "unet_mr": ("mr", "ct"), "joint": ("mr", "ct")},
     "multiphase": {"dacgan": ("mr",), "dadr": ("mr",)},
+    "mr_bound": {"unet_mr": ("mr",)},
+    "ct_only": {"unet_ct": ("ct", "mr"), "unet_ct_rand": ("ct", "mr")},
 }
+FOLDED = {"da": ("ct", "mr"), "multiphase": ("ct", "mr"), "mr_bound": ("mr",), "ct_only": ("ct",)}  # the modalities each splits
 TEST_SECTIONS = {"mr": "target_test", "ct": "source_test"}
 # (title, experiment, test modalities, rows: (label, model, the paper's Dice mean (std) per test modality))
 TABLES = [
@@ -70,6 +80,13 @@ TABLES = [
     ("Table 3: domain adaptation to a multi-phasic MR target", "multiphase", ("mr",), [
         ("DACGAN", "dacgan", {"mr": "0.52 (0.06)"}),
         ("DADR", "dadr", {"mr": "0.74 (0.04)"}),
+    ]),
+    ("Supervised MR upper bound (folds over the MR subjects)", "mr_bound", ("mr",), [
+        ("supervised MR", "unet_mr", {"mr": "0.869 (0.044)"}),
+    ]),
+    ("CT-trained UNets without adaptation (folds over the CT subjects; MR: every image, by each fold's model)", "ct_only", ("ct", "mr"), [
+        ("CT trained", "unet_ct", {"ct": "0.901 (0.020)", "mr": "0.260 (0.072)"}),
+        ("CT trained, appearance randomisation", "unet_ct_rand", {"ct": "-", "mr": "-"}),
     ]),
 ]
 LABELLED_MR_SECTIONS = ("target_labelled", "target_test")
@@ -105,14 +122,23 @@ def subject_folds(entries: list[dict], folds: int, seed: int, source: str | Path
     return [sorted(subjects[i::folds]) for i in range(folds)]
 
 
-def _fold_datalist(ct: list[dict], mr: list[dict], ct_test: list[str], mr_test: list[str]) -> dict:
+def _fold_datalist(ct: list[dict], mr: list[dict], ct_test: list[str], mr_test: list[str], val_subjects: int = 0, seed: int = 0) -> dict:
+    """The fold's sections; with ``val_subjects``, that many training subjects of each modality
+    move to ``source_val`` / ``target_val`` (model selection; the held-out test stays unseen)."""
     def split(entries, test):
         return [e for e in entries if _subject(e) not in test], [e for e in entries if _subject(e) in test]
 
     ct_train, ct_held = split(ct, ct_test)
     mr_train, mr_held = split(mr, mr_test)
-    return {"source": ct_train, "source_test": ct_held, "target": [{k: v for k, v in e.items() if k != "label"} for e in mr_train],
-            "target_labelled": mr_train, "target_test": mr_held}
+    sections = {}
+    for name, entries in (("source", ct_train), ("target", mr_train)):
+        subjects = sorted({_subject(e) for e in entries})
+        val = random.Random(seed).sample(subjects, max(0, min(val_subjects, len(subjects) - 1)))  # one subject always trains
+        sections[name], sections[f"{name}_val"] = split(entries, val)
+    mr_train = sections.pop("target")
+    return {"source": sections["source"], "source_val": sections["source_val"], "source_test": ct_held,
+            "target": [{k: v for k, v in e.items() if k != "label"} for e in mr_train],
+            "target_labelled": mr_train, "target_val": sections["target_val"], "target_test": mr_held}
 
 
 def _write_json(path: Path, data) -> None:
@@ -127,6 +153,17 @@ def _trained(model_dir: Path) -> bool:
     return (model_dir / "trained").is_file()
 
 
+def _stage2_overrides(model: str, settings: dict, sections: dict) -> dict:
+    """configs/train.yaml overrides of ``model`` under the run's settings (amp, epoch length, and
+    validation on the fold's validation subjects of the training modality, where it has any)."""
+    overrides = dict(MODELS[model][0], amp=settings["amp"], iterations_per_epoch=settings["iterations_per_epoch"])
+    modality = overrides["train_modality"]
+    val_section = "source_val" if modality == "ct" else "target_val"
+    if sections.get(val_section):
+        overrides |= {"val_section": val_section, "val_modality": modality, "val_interval": max(1, settings["seg_epochs"] // 10)}
+    return overrides
+
+
 def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[dict]:
     """Every step of one fold whose output is missing; returns the per-image test rows."""
     done = fold_dir / "results.json"
@@ -134,31 +171,46 @@ def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[d
         logger.info("%s: finished before, not recomputed", fold_dir)
         return json.loads(done.read_text())
     datalist = fold_dir / "datalist.json"
-    sizes = {"image_size": settings["image_size"], "dim": settings["dim"]}
+    sections = json.loads(datalist.read_text())
+    sizes = {"image_size": settings["image_size"], "dim": settings["dim"], "unet_channels": settings["unet_channels"]}
     drl, cyclegan = fold_dir / "drl" / "drl.pt", fold_dir / "cyclegan" / "cyclegan.pt"
     adaptations = {MODELS[m][0]["adaptation"] for m in models}
+    gan_sizes = {k: sizes[k] for k in ("image_size", "dim")}
     if "dadr" in adaptations and not drl.is_file():
-        run_stage1(fold_dir, drl.parent, settings["drl_iterations"], sizes, resume=True, seed=settings["seed"])
+        run_stage1(fold_dir, drl.parent, settings["drl_iterations"], gan_sizes, resume=True, seed=settings["seed"])
     if "cyclegan" in adaptations and not cyclegan.is_file():
-        run_cyclegan(fold_dir, cyclegan.parent, settings["cyclegan_iterations"], sizes, resume=True, seed=settings["seed"])
+        run_cyclegan(fold_dir, cyclegan.parent, settings["cyclegan_iterations"], gan_sizes, resume=True, seed=settings["seed"])
     rows = []
     for model, tests in models.items():
-        overrides, adaptation = MODELS[model]
-        model_path = fold_dir / model / "model.pt"
-        if not _trained(model_path.parent):
-            run_stage2(fold_dir, model_path.parent, drl, settings["seg_epochs"], sizes, cyclegan_path=str(cyclegan), seed=settings["seed"], **overrides)
-            (model_path.parent / "trained").touch()
+        adaptation = MODELS[model][1]
+        model_dir = fold_dir / model
+        overrides = _stage2_overrides(model, settings, sections)
+        if not _trained(model_dir):
+            start = time.perf_counter()
+            run_stage2(fold_dir, model_dir, drl, settings["seg_epochs"], sizes, cyclegan_path=str(cyclegan), seed=settings["seed"],
+                       **overrides)
+            _write_json(model_dir / "trained", {"train_seconds": round(time.perf_counter() - start, 1)})
+        model_path = model_dir / ("model_best.pt" if "val_section" in overrides else "model.pt")  # the best validation epoch
+        train_seconds = _train_seconds(model_dir)
         for test in tests:
-            if test == "ct" and not settings["split_source"]:
-                continue  # every CT subject is in training: no held-out CT
+            if not sections.get(TEST_SECTIONS[test]):
+                continue  # nothing of this modality held out (every CT subject trains when the CT is not split)
             out = fold_dir / model / f"test_{test}"
             if (out / "metrics.json").is_file():
                 metrics = json.loads((out / "metrics.json").read_text())
             else:
                 metrics = run_evaluation(datalist, model_path, out, sizes, adaptation=adaptation, modality=test, eval_section=TEST_SECTIONS[test])
-            rows += [{"fold": fold, "model": model, "test": test, **row} for row in metrics["subjects"]]
+            rows += [{"fold": fold, "model": model, "test": test, "train_seconds": train_seconds, **row} for row in metrics["subjects"]]
     _write_json(done, rows)
     return rows
+
+
+def _train_seconds(model_dir: Path) -> float | None:
+    """Wall time of the model's training (recorded in its ``trained`` marker; older runs have none)."""
+    try:
+        return json.loads((model_dir / "trained").read_text())["train_seconds"]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _check_resumable(path: Path, settings: dict) -> None:
@@ -177,32 +229,60 @@ def _mean_std(values: list[float]) -> str:
     return f"{np.mean(values):.3f} ({np.std(values):.3f})" if values else "n/a"
 
 
+def _image_dice(rows: list[dict], model: str, test: str) -> dict[str, float]:
+    """Dice per test image of ``model``; an image tested by several folds' models (the MR of
+    ``ct_only``) gets the mean of its Dice over them."""
+    by_image: dict[str, list[float]] = {}
+    for r in rows:
+        if r["model"] == model and r["test"] == test and np.isfinite(r["dice"]):
+            by_image.setdefault(r["image"], []).append(r["dice"])
+    return {image: float(np.mean(d)) for image, d in by_image.items()}
+
+
+def _train_minutes(rows: list[dict], model: str) -> str:
+    """Mean wall time of ``model``'s training per fold, in minutes."""
+    seconds = {r["fold"]: r.get("train_seconds") for r in rows if r["model"] == model}
+    known = [v for v in seconds.values() if v is not None]
+    return f"{np.mean(known) / 60:.1f}" if known else "n/a"
+
+
 def _tables(rows_by_experiment: dict[str, list[dict]]) -> tuple[dict, str]:
-    """The paper's tables from the per-image rows: Dice mean (std) over the held-out images."""
+    """The tables from the per-image rows: Dice mean (std) over the held-out images, the
+    paper's (or a reference) figure beside ours, and per-patient Dice of every MR test."""
     tables, lines = {}, []
     for title, experiment, tests, table_rows in TABLES:
         rows = rows_by_experiment.get(experiment)
         if not rows:
             continue
-        header = "| method | " + " | ".join(f"{t.upper()} tested: ours | {t.upper()} tested: paper" for t in tests) + " |"
-        lines += [f"### {title}", "", header, "|---" * (1 + 2 * len(tests)) + "|"]
+        header = "| method | " + " | ".join(f"{t.upper()} tested: ours | {t.upper()} tested: paper" for t in tests) + " | train min/fold |"
+        lines += [f"### {title}", "", header, "|---" * (2 + 2 * len(tests)) + "|"]
         tables[title] = {}
         for label, model, paper in table_rows:
             cells, entry = [], {}
             for test in tests:
-                dice = [r["dice"] for r in rows if r["model"] == model and r["test"] == test and np.isfinite(r["dice"])]
+                dice = list(_image_dice(rows, model, test).values())
                 entry[test] = {"dice_mean": float(np.mean(dice)) if dice else None, "dice_std": float(np.std(dice)) if dice else None,
                                "n": len(dice), "paper": paper[test]}
                 cells += [_mean_std(dice), paper[test]]
             tables[title][label] = entry
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {_train_minutes(rows, model)} |")
         lines.append("")
+        mr_columns = [(label, model) for label, model, _ in table_rows if "mr" in tests]
+        per_image = {label: _image_dice(rows, model, "mr") for label, model in mr_columns}
+        images = sorted({i for d in per_image.values() for i in d}, key=lambda i: (len(i), i))
+        if images:
+            lines += ["Per MR image (Dice):", "", "| image | " + " | ".join(label for label, _ in mr_columns) + " |",
+                      "|---" * (1 + len(mr_columns)) + "|"]
+            lines += [f"| {case_name(i)} | " + " | ".join(f"{per_image[label][i]:.3f}" if i in per_image[label] else "-" for label, _ in mr_columns) + " |"
+                      for i in images]
+            lines.append("")
     return tables, "\n".join(lines)
 
 
 def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multiphase_datalist: str | Path | None = None, size: int = 128, dim: int = 32,
                     drl_iterations: int = 20000, cyclegan_iterations: int = 20000, seg_epochs: int = 30, seed: int = 0, figures: bool = True,
-                    split_source: bool = True) -> dict:
+                    split_source: bool = True, experiments: str | list[str] = "da", ct_folds: int | None = None, val_subjects: int = 0,
+                    amp: str | None = None, iterations_per_epoch: int | None = None, unet_channels: list[int] | None = None) -> dict:
     """Run the experiments under ``out``; writes ``results.csv``, ``results.json`` and ``results.md``.
 
     Args:
@@ -219,40 +299,64 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
         drl_iterations, cyclegan_iterations: GAN iterations per fold.
         seg_epochs: UNet epochs.
         seed: seed of the folds and of every training.
-        figures: also draw the paper's Fig. 3-7 from fold 0 into ``out/figures``.
+        figures: also draw the paper's Fig. 3-7 from fold 0 into ``out/figures`` (experiment ``da``).
         split_source: split the CT subjects into folds too (the paper). ``False``: every fold
             trains on all CT subjects and the folds split the MR only, for a small CT set;
             nothing is then tested on CT (table 2's CT columns stay empty).
+        experiments: which to run, comma-separated: ``da`` (tables 1-2), ``mr_bound``, ``ct_only``
+            (``multiphase`` runs when ``multiphase_datalist`` is given).
+        ct_folds: folds over the CT subjects for ``ct_only`` (default: ``folds``).
+        val_subjects: training subjects per modality held out for validation; the UNets are then
+            evaluated at their best validation epoch (``model_best.pt``) instead of the last.
+        amp: ``bfloat16`` autocast for the UNets' training, or ``None``.
+        iterations_per_epoch: UNet iterations per epoch (``None``: one pass over the slices), so
+            that ``seg_epochs`` means the same compute for small and large training sets.
+        unet_channels: the segmentation UNet's channels per level (default: train.yaml's).
     """
     out = Path(out)
     figures, split_source = flag(figures, "figures"), flag(split_source, "split_source")
+    names = [e.strip() for e in (experiments.split(",") if isinstance(experiments, str) else experiments)]
+    if unknown := [e for e in names if e not in EXPERIMENTS or e == "multiphase"]:
+        raise ValueError(f"--experiments: unknown {unknown}; choose from {[e for e in EXPERIMENTS if e != 'multiphase']}")
     datalist = Path(datalist).resolve()
     multiphase_datalist = None if multiphase_datalist is None else Path(multiphase_datalist).resolve()
+    ct_folds = ct_folds or folds
     settings = {"image_size": size, "dim": dim, "drl_iterations": drl_iterations, "cyclegan_iterations": cyclegan_iterations,
                 "seg_epochs": seg_epochs, "seed": seed, "folds": folds, "split_source": split_source, "datalist": str(datalist),
-                "multiphase_datalist": None if multiphase_datalist is None else str(multiphase_datalist)}
+                "multiphase_datalist": None if multiphase_datalist is None else str(multiphase_datalist),
+                "experiments": names, "ct_folds": ct_folds, "val_subjects": val_subjects, "amp": amp,
+                "iterations_per_epoch": iterations_per_epoch, "unet_channels": list(unet_channels or [16, 32, 64, 128, 256])}
     ct = _labelled(datalist, ("source",), "ct")
-    targets = {"da": _labelled(datalist, LABELLED_MR_SECTIONS, "mr")}
+    targets = {e: _labelled(datalist, LABELLED_MR_SECTIONS, "mr") for e in names}
     if multiphase_datalist is not None:
         targets["multiphase"] = _labelled(multiphase_datalist, LABELLED_MR_SECTIONS, "mr")
-    ct_folds = subject_folds(ct, folds, seed, datalist) if split_source else [[] for _ in range(folds)]
-    for experiment, mr in targets.items():  # bad inputs fail before anything is written
-        subject_folds(mr, folds, seed, multiphase_datalist if experiment == "multiphase" else datalist)
+
+    def fold_lists(experiment: str) -> tuple[list[list[str]], list[list[str]]]:
+        """(CT, MR) test subjects per fold; an unsplit modality holds nothing out (CT) or everything (MR of ct_only)."""
+        source = multiphase_datalist if experiment == "multiphase" else datalist
+        k = ct_folds if experiment == "ct_only" else folds
+        split_ct = "ct" in FOLDED[experiment] and (split_source or experiment == "ct_only")
+        ct_test = subject_folds(ct, k, seed, datalist) if split_ct else [[] for _ in range(k)]
+        mr_subjects = sorted({_subject(e) for e in targets[experiment]})
+        mr_test = subject_folds(targets[experiment], k, seed, source) if "mr" in FOLDED[experiment] else [mr_subjects] * k
+        return ct_test, mr_test
+
+    plans = {experiment: fold_lists(experiment) for experiment in targets}  # bad inputs fail before anything is written
     _check_resumable(out / "settings.json", settings)
     rows_by_experiment = {}
     for experiment, mr in targets.items():
-        mr_folds = subject_folds(mr, folds, seed, multiphase_datalist if experiment == "multiphase" else datalist)
+        ct_test, mr_test = plans[experiment]
         rows = []
-        for k in range(folds):
+        for k in range(len(ct_test)):
             fold_dir = out / experiment / f"fold_{k}"
             if not (fold_dir / "datalist.json").is_file():
-                _write_json(fold_dir / "datalist.json", _fold_datalist(ct, mr, ct_folds[k], mr_folds[k]))
-            logger.info("%s fold %d/%d: CT test %s, MR test %s", experiment, k + 1, folds, ct_folds[k], mr_folds[k])
+                _write_json(fold_dir / "datalist.json", _fold_datalist(ct, mr, ct_test[k], mr_test[k], val_subjects, seed))
+            logger.info("%s fold %d/%d: CT test %s, MR test %s", experiment, k + 1, len(ct_test), ct_test[k], mr_test[k])
             rows += _run_fold(fold_dir, k, EXPERIMENTS[experiment], settings)
         rows_by_experiment[experiment] = rows
     tables, markdown = _tables(rows_by_experiment)
     all_rows = [{"experiment": e, **r} for e, rows in rows_by_experiment.items() for r in rows]
-    fields = ["experiment", "fold", "model", "test", "subject", "dice", "hd95_mm", "assd_mm", "image"]
+    fields = ["experiment", "fold", "model", "test", "subject", "dice", "hd95_mm", "assd_mm", "train_seconds", "image"]
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
@@ -262,9 +366,9 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
     with atomic_outputs([out / "results.csv", out / "results.json", out / "results.md"]) as (tmp_csv, tmp_json, tmp_md):
         tmp_csv.write_text(text.getvalue())
         tmp_json.write_text(json.dumps(result, indent=2))
-        tmp_md.write_text(f"Dice mean (std) over held-out images, {folds}-fold subject-wise cross-validation; settings: {json.dumps(settings)}\n\n{markdown}")
+        tmp_md.write_text(f"Dice mean (std) over held-out images, subject-wise cross-validation; settings: {json.dumps(settings)}\n\n{markdown}")
     print(markdown)
-    if figures:
+    if figures and "da" in rows_by_experiment:
         result["figures"] = [str(p) for p in experiment_figures(out, size, dim)]
     return result
 

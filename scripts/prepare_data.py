@@ -2,7 +2,7 @@
 
     python scripts/prepare_data.py case --image IMG --mask MASK --out DIR --name NAME [--liver_label K]
     python scripts/prepare_data.py chaos --root ROOT --out DIR
-    python scripts/prepare_data.py datalist --source DIR --target DIR [--target_test DIR] --out FILE
+    python scripts/prepare_data.py datalist --source DIR[,DIR...] --target DIR [--target_test DIR] --out FILE
 """
 
 import json
@@ -28,7 +28,7 @@ class PrepareData:
             print(json.dumps(summary))
 
     def datalist(self, source: str, target: str, out: str, target_test: str | None = None) -> None:
-        """Datalist JSON: labelled source, unlabelled target, optional labelled target_test."""
+        """Datalist JSON: labelled source (one folder or several, comma-separated), unlabelled target, optional labelled target_test."""
         datalist = prepare.make_datalist(source, target, out, target_test)
         print(f"{out}: " + ", ".join(f"{k}={len(v)}" for k, v in datalist.items()))
 

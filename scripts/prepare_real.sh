@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Prepare every scan of the shared real-data folder with the documented CLI, then the datalist.
 #   bash scripts/prepare_real.sh [REAL=../shared/data/real] [OUT=data/real]
-# OUT/ct: labelled CT source subjects (one file per person); OUT/mr_t2: CHAOS T2-SPIR MR target
-# (its labels serve evaluation only); OUT/extra: scans that duplicate a subject or whose masks
-# are model predictions (TotalSegmentator MR), prepared to show the formats work.
+# OUT/sabs_ct: the 30 labelled SABS (BTCV) CT volumes, the main CT source (SABS_IDS="0 1 2"
+# prepares only those); OUT/ct: the other labelled CT subjects (one file per person);
+# OUT/mr_t2: CHAOS T2-SPIR MR target (its labels serve evaluation only); OUT/extra: scans that
+# duplicate a subject or whose masks are model predictions (TotalSegmentator MR), prepared to
+# show the formats work.
+# Datalists: OUT/datalist.json (source: every labelled CT) and OUT/datalist_sabs.json (source:
+# SABS only, the CT source of the CT -> CHAOS T2 literature); both target the 10 CHAOS T2 patients.
 set -euo pipefail
 REAL=${1:-../shared/data/real}
 OUT=${2:-data/real}
@@ -16,8 +20,12 @@ prep --image "$REAL/totalseg/example_ct_dicom" --mask "$REAL/totalseg/example_se
 prep --image "$REAL/dcmqi_ct3" --mask "$REAL/dcmqi_ct3/liver_seg.nrrd" --out "$OUT/ct" --name dcmqi_ct3
 prep --image "$REAL/totalseg/example_ct_sm.nii.gz" --mask "$REAL/totalseg/example_seg.nii.gz" --liver_label 5 --out "$OUT/extra" --name totalseg_ct_sm
 prep --image "$REAL/totalseg/example_mr_sm.nii.gz" --mask "$REAL/totalseg/example_seg_mr.nii.gz" --liver_label 5 --out "$OUT/extra" --name totalseg_mr_sm
+for id in ${SABS_IDS:-$(seq 0 29)}; do
+  prep --image "$REAL/sabs_ct/image_$id.nii.gz" --mask "$REAL/sabs_ct/label_$id.nii.gz" --liver_label 6 --out "$OUT/sabs_ct" --name "sabs_ct_$id"
+done
 for image in "$REAL"/chaos_mr_t2/image_*.nii.gz; do
   id=$(basename "$image" .nii.gz); id=${id#image_}
   prep --image "$image" --mask "$REAL/chaos_mr_t2/label_$id.nii.gz" --liver_label 1 --out "$OUT/mr_t2" --name "chaos_mr_t2_$id"
 done
-"$PY" scripts/prepare_data.py datalist --source "$OUT/ct" --target "$OUT/mr_t2" --target_test "$OUT/mr_t2" --out "$OUT/datalist.json"
+"$PY" scripts/prepare_data.py datalist --source "$OUT/sabs_ct,$OUT/ct" --target "$OUT/mr_t2" --target_test "$OUT/mr_t2" --out "$OUT/datalist.json"
+"$PY" scripts/prepare_data.py datalist --source "$OUT/sabs_ct" --target "$OUT/mr_t2" --target_test "$OUT/mr_t2" --out "$OUT/datalist_sabs.json"

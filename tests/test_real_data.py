@@ -23,15 +23,17 @@ from bundle.data.readers import read_image
 pytestmark = requires_real_data
 
 CT_CASES = ["chaos_ct_1", "totalseg_ct", "totalseg_ct_dicom", "dcmqi_ct3"]
+SABS_IDS = (0, 11, 27)  # a few of the 30 (3 mm and 5 mm slices, 1.17-1.71 mm pixels); `make real-data` prepares all
+SABS_CASES = [f"sabs_ct_{i}" for i in SABS_IDS]
 MR_CASES = [f"chaos_mr_t2_{i}" for i in (1, 3, 8, 13, 19, 21, 31, 33, 36, 38)]
-WHOLE_LIVER = {"chaos_ct_1", "totalseg_ct", *MR_CASES}  # scans that cover the whole liver
+WHOLE_LIVER = {"chaos_ct_1", "totalseg_ct", *SABS_CASES, *MR_CASES}  # scans that cover the whole liver
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     out = tmp_path_factory.mktemp("real")
     result = subprocess.run(["bash", "scripts/prepare_real.sh", str(REAL), str(out)], cwd=ROOT, capture_output=True, text=True,
-                            env={**os.environ, "PYTHON": sys.executable})
+                            env={**os.environ, "PYTHON": sys.executable, "SABS_IDS": " ".join(map(str, SABS_IDS))})
     assert result.returncode == 0, result.stderr[-2000:]
     return out
 
@@ -58,6 +60,21 @@ def test_ct_liver_is_soft_tissue_on_the_patients_right(prepared, name):
     assert low < stats["liver_ml"] < high, stats
     assert sitk.GetArrayViewFromImage(liver).max() == 1 and liver.GetPixelID() == sitk.sitkUInt8
     assert liver.GetSize() == image.GetSize() and np.allclose(liver.GetDirection(), image.GetDirection())
+
+
+@pytest.mark.parametrize("name", SABS_CASES)
+def test_sabs_ct_liver_is_soft_tissue_on_the_patients_right(prepared, name):
+    """SABS comes as LAS arrays clipped to [-125, 275] HU; prepared, its liver is enhanced soft
+    tissue on the patient's right with a whole liver's volume, and the CT window sees it whole."""
+    image, liver = case(prepared, "sabs_ct", name)
+    stats = liver_stats(image, liver)
+    assert stats["side"] == "right" and 30 < stats["liver_mean"] < 200 and 800 < stats["liver_ml"] < 3000, stats
+    assert soft_tissue_fraction(image, liver) > 0.9
+    hu = sitk.GetArrayViewFromImage(image)
+    assert hu.min() == -125 and hu.max() == 275  # the published clipping: the default CT window maps it to [-1, 1]
+    nifti = nib.load(prepared / "sabs_ct" / f"{name}_liver.nii.gz")  # RAS world: the patient's right is +x
+    liver_x = nib.affines.apply_affine(nifti.affine, np.argwhere(nifti.get_fdata() > 0))[:, 0].mean()
+    assert liver_x > nib.affines.apply_affine(nifti.affine, (np.array(nifti.shape) - 1) / 2)[0]
 
 
 @pytest.mark.parametrize("name", MR_CASES + ["totalseg_mr_sm"])
@@ -92,11 +109,15 @@ def test_chaos_command_on_the_original_layout_matches_the_case_command(prepared,
     np.testing.assert_array_equal(sitk.GetArrayFromImage(got), sitk.GetArrayFromImage(expected))
 
 
-def test_datalist_lists_ct_source_and_mr_target(prepared):
+def test_datalists_list_ct_source_and_mr_target(prepared):
+    """datalist.json: every labelled CT; datalist_sabs.json: SABS only (the literature's CT source)."""
     datalist = json.loads((prepared / "datalist.json").read_text())
-    assert sorted(e["subject"] for e in datalist["source"]) == sorted(CT_CASES)
+    assert sorted(e["subject"] for e in datalist["source"]) == sorted(SABS_CASES + CT_CASES)
     assert sorted(e["subject"] for e in datalist["target"]) == sorted(MR_CASES)
     assert all((prepared / e["label"]).is_file() for e in datalist["target_test"])
+    sabs = json.loads((prepared / "datalist_sabs.json").read_text())
+    assert sorted(e["subject"] for e in sabs["source"]) == sorted(SABS_CASES)
+    assert sabs["target"] == datalist["target"] and sabs["target_test"] == datalist["target_test"]
 
 
 def test_shipped_model_segments_a_chaos_t2_volume(prepared, tmp_path):

@@ -32,16 +32,17 @@ class AdaptedSlices(Dataset):
         transform: dict transform applied to every item (augmentation), or ``None``.
         translator: a frozen CT-to-MR generator (DACGAN baseline) applied to the CT slices first, or ``None``.
         batch_size: slices per forward pass.
+        intensity: ``ct_window`` and ``mr_percentiles`` of the volumes' normalisation (``volume_slices``).
     """
 
     def __init__(self, data: list[dict], network: LiverSegmenter, modality: str = "ct",
-                 transform: Callable | None = None, translator: nn.Module | None = None, batch_size: int = 32) -> None:
+                 transform: Callable | None = None, translator: nn.Module | None = None, batch_size: int = 32, **intensity) -> None:
         images, labels = [], []
         for mod in ("ct", "mr"):
             entries = [e for e in data if e.get("modality", modality) == mod]
             if not entries:
                 continue
-            slices = volume_slices(entries, mod, network.image_size, with_label=True, source=entries[0]["image"])
+            slices = volume_slices(entries, mod, network.image_size, with_label=True, source=entries[0]["image"], **intensity)
             adapted = slices["image"]
             if translator is not None and mod == "ct":
                 adapted, mod = self._apply(translator, adapted, batch_size, translator), "mr"

@@ -208,16 +208,23 @@ def _cases(folder: Path, labelled: bool, out_dir: Path) -> list[dict]:
     return entries
 
 
-def make_datalist(source: str | Path, target: str | Path, out: str | Path, target_test: str | Path | None = None) -> dict:
+def _folders(folders: str | Path | list | tuple) -> list[Path]:
+    """One folder, or several as a list or a comma-separated string (fire passes ``a,b`` as a tuple)."""
+    if isinstance(folders, (list, tuple)):
+        return [Path(f).resolve() for f in folders]
+    return [Path(f).resolve() for f in str(folders).split(",") if f]
+
+
+def make_datalist(source: str | Path | list, target: str | Path, out: str | Path, target_test: str | Path | None = None) -> dict:
     """Write the datalist JSON of the pipeline, paths relative to the file itself.
 
-    ``source``: labelled CT; ``target``: unlabelled MR for adaptation; ``target_test``:
-    labelled MR for evaluation only.
+    ``source``: labelled CT, one folder or several (comma-separated); ``target``: unlabelled MR
+    for adaptation; ``target_test``: labelled MR for evaluation only.
     """
     out = Path(out)
     out_dir = check_writable_dir(out.parent if str(out.parent) else ".").resolve()
     datalist = {
-        "source": _cases(Path(source).resolve(), True, out_dir),
+        "source": [entry for folder in _folders(source) for entry in _cases(folder, True, out_dir)],
         "target": _cases(Path(target).resolve(), False, out_dir),
     }
     if target_test is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -33,7 +34,11 @@ from bundle.networks.geometry import to_square
 
 __all__ = ["CT_WINDOW", "MR_PERCENTILES", "read_datalist", "ensure_datalist", "volume_transform", "volume_slices", "load_slices", "UnpairedSlices", "evenly_spaced"]
 
-CT_WINDOW = (-250.0, 350.0)  # HU mapped to [-1, 1]: soft tissue with fat and enhanced vessels in range
+# HU mapped to [-1, 1]. The SABS CT source was published clipped to [-125, 275]: a wider window
+# would show its air as flat grey (-125 HU) and raw-HU CT's as black, two looks for one thing.
+# This window makes clipped and raw CT identical to the networks and keeps what the liver needs
+# (fat -100, soft tissue 20-80, enhanced liver and vessels up to ~250). Configs pass ``ct_window``.
+CT_WINDOW = (-125.0, 275.0)
 MR_PERCENTILES = (0.5, 99.5)  # MR has no units: its own robust range maps to [-1, 1]
 
 
@@ -69,16 +74,18 @@ def ensure_datalist(path: str | Path, n_ct: int = 8, n_mr: int = 8, size: int = 
     return str(path)
 
 
-def volume_transform(modality: str, with_label: bool = False, track_meta: bool = False) -> Compose:
+def volume_transform(modality: str, with_label: bool = False, track_meta: bool = False,
+                     ct_window: Sequence[float] = CT_WINDOW, mr_percentiles: Sequence[float] = MR_PERCENTILES) -> Compose:
     """Deterministic volume preprocessing: load, channel first, RAS, per-modality intensity.
 
     Training drops the metadata; inference keeps it (``track_meta``) to invert the reorientation.
+    ``ct_window`` (HU) and ``mr_percentiles`` map to [-1, 1]; every stage must use the same ones.
     """
     keys = ["image", "label"] if with_label else ["image"]
     if modality == "ct":
-        normalise = ScaleIntensityRanged("image", *CT_WINDOW, b_min=-1.0, b_max=1.0, clip=True)
+        normalise = ScaleIntensityRanged("image", *map(float, ct_window), b_min=-1.0, b_max=1.0, clip=True)
     elif modality == "mr":
-        normalise = ScaleIntensityRangePercentilesd("image", *MR_PERCENTILES, b_min=-1.0, b_max=1.0, clip=True)
+        normalise = ScaleIntensityRangePercentilesd("image", *map(float, mr_percentiles), b_min=-1.0, b_max=1.0, clip=True)
     else:
         raise ValueError(f"modality must be 'ct' or 'mr', got {modality!r}")
     return Compose([
@@ -101,19 +108,20 @@ def _plain_cat(parts: list[torch.Tensor]) -> torch.Tensor:
 
 
 def volume_slices(entries: list[dict], modality: str, image_size: int, with_label: bool = False,
-                  min_foreground: float = 0.05, num_workers: int = 0, source: str | Path = "datalist") -> dict[str, torch.Tensor]:
+                  min_foreground: float = 0.05, num_workers: int = 0, source: str | Path = "datalist",
+                  ct_window: Sequence[float] = CT_WINDOW, mr_percentiles: Sequence[float] = MR_PERCENTILES) -> dict[str, torch.Tensor]:
     """All usable axial slices of the volumes ``entries`` (dicts with ``image`` [and ``label``] paths).
 
     Returns ``{"image": (N,1,S,S), "subject": (N,) index into entries}`` and ``"label"`` (0/1)
     when ``with_label``. Slices where less than ``min_foreground`` of the pixels are above the
     background (-1) are dropped: they teach nothing about anatomy. ``source`` names the entries'
-    origin in errors.
+    origin in errors; ``ct_window`` and ``mr_percentiles`` as in :func:`volume_transform`.
     """
     if not entries:
         raise DataError(source, f"has no {modality.upper()} volumes")
     if with_label and (missing := [e["image"] for e in entries if "label" not in e]):
         raise DataError(source, f"has no label for {len(missing)} volume(s), e.g. {missing[0]}")
-    volumes = CacheDataset(entries, volume_transform(modality, with_label), num_workers=num_workers, progress=False)
+    volumes = CacheDataset(entries, volume_transform(modality, with_label, ct_window=ct_window, mr_percentiles=mr_percentiles), num_workers=num_workers, progress=False)
     images, labels, subjects = [], [], []
     for i, item in enumerate(volumes):
         image = _to_slices(item["image"], image_size, "bilinear", -1.0)
@@ -131,10 +139,10 @@ def volume_slices(entries: list[dict], modality: str, image_size: int, with_labe
 
 
 def load_slices(datalist: str | Path, section: str, modality: str, image_size: int, with_label: bool = False,
-                min_foreground: float = 0.05, num_workers: int = 0) -> dict[str, torch.Tensor]:
-    """:func:`volume_slices` of one datalist section."""
+                min_foreground: float = 0.05, num_workers: int = 0, **intensity) -> dict[str, torch.Tensor]:
+    """:func:`volume_slices` of one datalist section (``intensity``: ``ct_window``, ``mr_percentiles``)."""
     entries = read_datalist(datalist, section)
-    return volume_slices(entries, modality, image_size, with_label, min_foreground, num_workers, source=f"{datalist} [{section}]")
+    return volume_slices(entries, modality, image_size, with_label, min_foreground, num_workers, source=f"{datalist} [{section}]", **intensity)
 
 
 class UnpairedSlices(Dataset):

@@ -8,8 +8,6 @@ any size, brings it to the square size the networks were trained on and brings t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
-
 import torch
 from monai.networks.nets import UNet
 from torch import nn
@@ -63,8 +61,9 @@ class LiverSegmenter(nn.Module):
         modality: ``mr`` or ``ct``, the modality of the slices it will see.
         adaptation: ``dadr`` (UNet on content-only images) or ``none`` (UNet on the image itself:
             the no-adaptation lower bound and the supervised upper bound).
-        out_channels: output channels (background, liver).
-        unet_channels, unet_strides, num_res_units: the MONAI ``UNet``.
+        out_channels: output channels (background, liver), for the default UNet.
+        unet: the 2D segmentation network on (content-only) slices, built by the config; ``None``:
+            MONAI's ``UNet`` with channels (16, 32, 64, 128, 256) and 2 residual units.
         drl: DRLModule sizes (``dim``, ``n_down``, ``n_res``, ``style_dim``, ``mlp_dim``, ``norm``,
             ``shared_res``), used with ``adaptation="dadr"``.
 
@@ -72,8 +71,7 @@ class LiverSegmenter(nn.Module):
     """
 
     def __init__(self, image_size: int = 128, modality: str = "mr", adaptation: str = "dadr", in_channels: int = 1, out_channels: int = 2,
-                 unet_channels: Sequence[int] = (16, 32, 64, 128, 256), unet_strides: Sequence[int] = (2, 2, 2, 2), num_res_units: int = 2,
-                 **drl) -> None:
+                 unet: nn.Module | None = None, **drl) -> None:
         super().__init__()
         if adaptation not in ADAPTATIONS:
             raise ValueError(f"adaptation must be one of {ADAPTATIONS}, got {adaptation!r}")
@@ -81,7 +79,7 @@ class LiverSegmenter(nn.Module):
         self.adaptation = adaptation
         self.content_path = ContentOnly(modality, in_channels, **drl) if adaptation == "dadr" else nn.Identity()
         self.content_path.requires_grad_(False).eval()
-        self.unet = UNet(2, in_channels, out_channels, unet_channels, unet_strides, num_res_units=num_res_units)
+        self.unet = unet if unet is not None else UNet(2, in_channels, out_channels, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2)
 
     def train(self, mode: bool = True) -> "LiverSegmenter":
         super().train(mode)
