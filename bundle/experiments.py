@@ -172,7 +172,8 @@ def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[d
         return json.loads(done.read_text())
     datalist = fold_dir / "datalist.json"
     sections = json.loads(datalist.read_text())
-    sizes = {"image_size": settings["image_size"], "dim": settings["dim"], "unet_channels": settings["unet_channels"]}
+    sizes = {"image_size": settings["image_size"], "dim": settings["dim"], "unet_channels": settings["unet_channels"],
+             "context_slices": settings["context_slices"]}
     drl, cyclegan = fold_dir / "drl" / "drl.pt", fold_dir / "cyclegan" / "cyclegan.pt"
     adaptations = {MODELS[m][0]["adaptation"] for m in models}
     gan_sizes = {k: sizes[k] for k in ("image_size", "dim")}
@@ -282,7 +283,8 @@ def _tables(rows_by_experiment: dict[str, list[dict]]) -> tuple[dict, str]:
 def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multiphase_datalist: str | Path | None = None, size: int = 128, dim: int = 32,
                     drl_iterations: int = 20000, cyclegan_iterations: int = 20000, seg_epochs: int = 30, seed: int = 0, figures: bool = True,
                     split_source: bool = True, experiments: str | list[str] = "da", ct_folds: int | None = None, val_subjects: int = 0,
-                    amp: str | None = None, iterations_per_epoch: int | None = None, unet_channels: list[int] | None = None) -> dict:
+                    amp: str | None = None, iterations_per_epoch: int | None = None, unet_channels: list[int] | None = None,
+                    context_slices: int = 0) -> dict:
     """Run the experiments under ``out``; writes ``results.csv``, ``results.json`` and ``results.md``.
 
     Args:
@@ -312,6 +314,7 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
         iterations_per_epoch: UNet iterations per epoch (``None``: one pass over the slices), so
             that ``seg_epochs`` means the same compute for small and large training sets.
         unet_channels: the segmentation UNet's channels per level (default: train.yaml's).
+        context_slices: adjacent slices on each side as extra UNet input channels (2.5D), or 0.
     """
     out = Path(out)
     figures, split_source = flag(figures, "figures"), flag(split_source, "split_source")
@@ -325,7 +328,8 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
                 "seg_epochs": seg_epochs, "seed": seed, "folds": folds, "split_source": split_source, "datalist": str(datalist),
                 "multiphase_datalist": None if multiphase_datalist is None else str(multiphase_datalist),
                 "experiments": names, "ct_folds": ct_folds, "val_subjects": val_subjects, "amp": amp,
-                "iterations_per_epoch": iterations_per_epoch, "unet_channels": list(unet_channels or [16, 32, 64, 128, 256])}
+                "iterations_per_epoch": iterations_per_epoch, "unet_channels": list(unet_channels or [16, 32, 64, 128, 256]),
+                "context_slices": context_slices}
     ct = _labelled(datalist, ("source",), "ct")
     targets = {e: _labelled(datalist, LABELLED_MR_SECTIONS, "mr") for e in names}
     if multiphase_datalist is not None:

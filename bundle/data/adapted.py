@@ -32,17 +32,17 @@ class AdaptedSlices(Dataset):
         transform: dict transform applied to every item (augmentation), or ``None``.
         translator: a frozen CT-to-MR generator (DACGAN baseline) applied to the CT slices first, or ``None``.
         batch_size: slices per forward pass.
-        intensity: ``ct_window`` and ``mr_percentiles`` of the volumes' normalisation (``volume_slices``).
+        preprocessing: ``ct_window``, ``mr_percentiles`` and ``context_slices`` of ``volume_slices``.
     """
 
     def __init__(self, data: list[dict], network: LiverSegmenter, modality: str = "ct",
-                 transform: Callable | None = None, translator: nn.Module | None = None, batch_size: int = 32, **intensity) -> None:
+                 transform: Callable | None = None, translator: nn.Module | None = None, batch_size: int = 32, **preprocessing) -> None:
         images, labels = [], []
         for mod in ("ct", "mr"):
             entries = [e for e in data if e.get("modality", modality) == mod]
             if not entries:
                 continue
-            slices = volume_slices(entries, mod, network.image_size, with_label=True, source=entries[0]["image"], **intensity)
+            slices = volume_slices(entries, mod, network.image_size, with_label=True, source=entries[0]["image"], **preprocessing)
             adapted = slices["image"]
             if translator is not None and mod == "ct":
                 adapted, mod = self._apply(translator, adapted, batch_size, translator), "mr"
@@ -58,9 +58,12 @@ class AdaptedSlices(Dataset):
     @staticmethod
     @torch.no_grad()
     def _apply(function: Callable, images: torch.Tensor, batch_size: int, owner: nn.Module) -> torch.Tensor:
-        """``function`` of the images in batches, on the device of ``owner``'s weights."""
+        """``function`` of the images in batches, channel by channel (a 2.5D input's adjacent
+        slices each), on the device of ``owner``'s weights."""
         device = next(owner.parameters()).device
-        return torch.cat([function(batch.to(device)).cpu() for batch in images.split(batch_size)])
+        n, c = images.shape[:2]
+        flat = images.reshape(n * c, 1, *images.shape[2:])
+        return torch.cat([function(batch.to(device)).cpu() for batch in flat.split(batch_size)]).reshape(n, c, *images.shape[2:])
 
     def __len__(self) -> int:
         return len(self.images)

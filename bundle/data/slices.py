@@ -18,6 +18,7 @@ import torch
 from monai.data import CacheDataset
 from monai.transforms import (
     Compose,
+    MapTransform,
     EnsureChannelFirstd,
     EnsureTyped,
     LoadImaged,
@@ -32,7 +33,7 @@ from bundle.data.readers import SimpleITKReader
 from bundle.errors import DataError
 from bundle.networks.geometry import to_square
 
-__all__ = ["CT_WINDOW", "MR_PERCENTILES", "read_datalist", "ensure_datalist", "volume_transform", "volume_slices", "load_slices", "UnpairedSlices", "evenly_spaced"]
+__all__ = ["CT_WINDOW", "MR_PERCENTILES", "AdjacentSlicesd", "read_datalist", "ensure_datalist", "volume_transform", "volume_slices", "load_slices", "UnpairedSlices", "evenly_spaced"]
 
 # HU mapped to [-1, 1]. The SABS CT source was published clipped to [-125, 275]: a wider window
 # would show its air as flat grey (-125 HU) and raw-HU CT's as black, two looks for one thing.
@@ -74,12 +75,42 @@ def ensure_datalist(path: str | Path, n_ct: int = 8, n_mr: int = 8, size: int = 
     return str(path)
 
 
+class AdjacentSlicesd(MapTransform):
+    """2.5D input: each axial slice gets its ``context`` neighbours on either side as channels.
+
+    (1, H, W, D) -> (1 + 2 * context, H, W, D), channel ``context`` being the slice itself and the
+    first and last slices repeated at the ends. A 2D network then sees each slice with the
+    anatomy above and below it, and MONAI's ``SliceInferer`` cuts the same channels at inference.
+    MONAI has no such transform. It changes channels only, so nothing is inverted afterwards.
+    """
+
+    def __init__(self, keys: str | Sequence[str], context: int = 1) -> None:
+        super().__init__(keys)
+        if context < 0:
+            raise ValueError(f"context must be >= 0, got {context}")
+        self.context = context
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            volume = d[key]
+            if volume.shape[0] != 1:
+                raise ValueError(f"{key}: expected one channel, got shape {tuple(volume.shape)}")
+            depth = volume.shape[-1]
+            index = [min(max(z + k, 0), depth - 1) for k in range(-self.context, self.context + 1) for z in range(depth)]
+            d[key] = volume[0][..., index].reshape(*volume.shape[1:-1], 1 + 2 * self.context, depth).movedim(-2, 0)
+        return d
+
+
 def volume_transform(modality: str, with_label: bool = False, track_meta: bool = False,
-                     ct_window: Sequence[float] = CT_WINDOW, mr_percentiles: Sequence[float] = MR_PERCENTILES) -> Compose:
-    """Deterministic volume preprocessing: load, channel first, RAS, per-modality intensity.
+                     ct_window: Sequence[float] = CT_WINDOW, mr_percentiles: Sequence[float] = MR_PERCENTILES,
+                     context_slices: int = 0) -> Compose:
+    """Deterministic volume preprocessing: load, channel first, RAS, per-modality intensity
+    [, adjacent slices as channels].
 
     Training drops the metadata; inference keeps it (``track_meta``) to invert the reorientation.
     ``ct_window`` (HU) and ``mr_percentiles`` map to [-1, 1]; every stage must use the same ones.
+    ``context_slices``: neighbours on each side given as channels (2.5D input), or 0.
     """
     keys = ["image", "label"] if with_label else ["image"]
     if modality == "ct":
@@ -94,6 +125,7 @@ def volume_transform(modality: str, with_label: bool = False, track_meta: bool =
         Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         normalise,
         EnsureTyped(keys, dtype=torch.float32, track_meta=track_meta),
+        *([AdjacentSlicesd("image", context_slices)] if context_slices else []),
     ])
 
 
@@ -109,23 +141,24 @@ def _plain_cat(parts: list[torch.Tensor]) -> torch.Tensor:
 
 def volume_slices(entries: list[dict], modality: str, image_size: int, with_label: bool = False,
                   min_foreground: float = 0.05, num_workers: int = 0, source: str | Path = "datalist",
-                  ct_window: Sequence[float] = CT_WINDOW, mr_percentiles: Sequence[float] = MR_PERCENTILES) -> dict[str, torch.Tensor]:
+                  ct_window: Sequence[float] = CT_WINDOW, mr_percentiles: Sequence[float] = MR_PERCENTILES,
+                  context_slices: int = 0) -> dict[str, torch.Tensor]:
     """All usable axial slices of the volumes ``entries`` (dicts with ``image`` [and ``label``] paths).
 
-    Returns ``{"image": (N,1,S,S), "subject": (N,) index into entries}`` and ``"label"`` (0/1)
+    Returns ``{"image": (N,C,S,S), "subject": (N,) index into entries}`` (C = 1 + 2 * ``context_slices``) and ``"label"`` (N,1,S,S, 0/1)
     when ``with_label``. Slices where less than ``min_foreground`` of the pixels are above the
     background (-1) are dropped: they teach nothing about anatomy. ``source`` names the entries'
-    origin in errors; ``ct_window`` and ``mr_percentiles`` as in :func:`volume_transform`.
+    origin in errors; ``ct_window``, ``mr_percentiles`` and ``context_slices`` as in :func:`volume_transform`.
     """
     if not entries:
         raise DataError(source, f"has no {modality.upper()} volumes")
     if with_label and (missing := [e["image"] for e in entries if "label" not in e]):
         raise DataError(source, f"has no label for {len(missing)} volume(s), e.g. {missing[0]}")
-    volumes = CacheDataset(entries, volume_transform(modality, with_label, ct_window=ct_window, mr_percentiles=mr_percentiles), num_workers=num_workers, progress=False)
+    volumes = CacheDataset(entries, volume_transform(modality, with_label, ct_window=ct_window, mr_percentiles=mr_percentiles, context_slices=context_slices), num_workers=num_workers, progress=False)
     images, labels, subjects = [], [], []
     for i, item in enumerate(volumes):
         image = _to_slices(item["image"], image_size, "bilinear", -1.0)
-        keep = (image > -0.95).float().mean(dim=(1, 2, 3)) >= min_foreground
+        keep = (image[:, image.shape[1] // 2] > -0.95).float().mean(dim=(1, 2)) >= min_foreground  # the slice itself
         images.append(image[keep])
         subjects.append(torch.full((int(keep.sum()),), i))
         if with_label:

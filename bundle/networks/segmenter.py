@@ -86,14 +86,22 @@ class LiverSegmenter(nn.Module):
         self.content_path.eval()
         return self
 
+    def content(self, x: torch.Tensor) -> torch.Tensor:
+        """Content-only images of square slices ``x`` (N, C, S, S), channel by channel: a 2.5D
+        input's adjacent slices each go through the 1-channel content path."""
+        n, c = x.shape[:2]
+        return self.content_path(x.reshape(n * c, 1, *x.shape[2:])).reshape(n, c, *x.shape[2:])
+
     def _square(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        content = self.content_path(to_square(x, self.image_size))
+        content = self.content(to_square(x, self.image_size))
         return self.unet(content), content
 
     def segment_with_content(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, content-only image) of slices ``x`` (N, 1, H, W), both (N, ., H, W)."""
+        """(logits, content-only image) of slices ``x`` (N, C, H, W), both (N, ., H, W); the
+        content-only image is that of the middle channel (the slice itself for a 2.5D input)."""
         logits, content = self._square(x)
-        return from_square(logits, x.shape[-2], x.shape[-1]), from_square(content, x.shape[-2], x.shape[-1])
+        middle = content.shape[1] // 2
+        return from_square(logits, x.shape[-2], x.shape[-1]), from_square(content[:, middle : middle + 1], x.shape[-2], x.shape[-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return from_square(self._square(x)[0], x.shape[-2], x.shape[-1])
