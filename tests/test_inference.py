@@ -14,11 +14,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 from monai.bundle import run as run_bundle
+from monai.networks.nets import UNet
 from scipy import ndimage
 
 from bundle.data.adapted import AdaptedSlices
 from bundle.data.export import write_dicom_series
-from bundle.data.slices import read_datalist
+from bundle.data.slices import AdjacentSlicesd, read_datalist
 from bundle.errors import DataError
 from bundle.evaluation import surface_metrics
 from bundle.networks import DRLModule, LiverSegmenter, load_drl_weights
@@ -79,6 +80,41 @@ def test_joint_domain_slices_hold_both_modalities(phantoms, weights):
     assert len(joint) > len(ct_only) > 0
     item = joint[len(joint) - 1]
     assert item["image"].shape == item["label"].shape == (1, 64, 64) and item["image"].abs().max() <= 1
+
+
+def test_adjacent_slices_are_channels_with_the_ends_repeated():
+    volume = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(1, 2, 3, 4)
+    out = AdjacentSlicesd("image", 1)({"image": volume})["image"]
+    assert out.shape == (3, 2, 3, 4) and torch.equal(out[1], volume[0])
+    assert torch.equal(out[0][..., 1:], volume[0][..., :-1]) and torch.equal(out[0][..., 0], volume[0][..., 0])  # the slice below
+    assert torch.equal(out[2][..., :-1], volume[0][..., 1:]) and torch.equal(out[2][..., -1], volume[0][..., -1])  # the slice above
+    with pytest.raises(ValueError, match="expected one channel"):
+        AdjacentSlicesd("image", 1)({"image": out})
+
+
+def test_2p5d_content_path_runs_channel_by_channel_and_trains_and_infers(phantoms, weights, tmp_path):
+    """With context_slices 1 each adjacent slice gets its own content-only image, the one of the
+    slice itself is the 2D network's, and train.yaml + inference.yaml run end to end."""
+    unet = UNet(2, 3, 2, (8, 16, 32), (2, 2), num_res_units=1)
+    network = load_drl_weights(LiverSegmenter(64, "mr", **NET, shared_res=1, unet=unet), weights / "drl.pth").eval()
+    plain = load_drl_weights(LiverSegmenter(64, "mr", **NET, shared_res=1), weights / "drl.pth").eval()
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        _, content = network.segment_with_content(x)
+        assert torch.allclose(content, plain.segment_with_content(x[:, 1:2])[1], atol=1e-5)
+    mr = [dict(e, modality="mr") for e in read_datalist(phantoms / "datalist.json", "target_test")]
+    flat, context = AdaptedSlices(mr, plain), AdaptedSlices(mr, network, context_slices=1)
+    assert context.images.shape[1] == 3 and torch.allclose(context.images[:, 1:2], flat.images, atol=1e-5)
+    assert torch.equal(context.labels, flat.labels)
+    sizes = SIZES | {"context_slices": 1, "unet_channels": [8, 16, 32, 64, 128]}
+    run_bundle("training", config_file=str(ROOT / "configs/train.yaml"), dataset_dir=str(phantoms), drl_path=str(weights / "drl.pth"),
+               ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path), max_epochs=1, amp="bfloat16", **sizes)
+    run_bundle("inference", config_file=str(ROOT / "configs/inference.yaml"), dataset_dir=str(phantoms / "mr"),
+               output_dir=str(tmp_path / "out"), model_path=str(tmp_path / "models/model.pt"), **sizes)
+    for image in (phantoms / "mr").glob("*_image.nii.gz"):
+        source = nib.load(image)
+        for suffix in ("liver", "content"):
+            assert nib.load(tmp_path / "out" / image.name.replace("_image.nii.gz", f"_image_{suffix}.nii.gz")).shape == source.shape
 
 
 def test_stage2_training_writes_a_model_the_inference_config_loads(phantoms, weights, tmp_path):
