@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DataError"]
+__all__ = ["DataError", "unwrap_data_error"]
 
 
 class DataError(ValueError):
@@ -19,3 +19,14 @@ class DataError(ValueError):
         self.path = Path(path)
         self.problem = problem
         super().__init__(f"{path}: {problem}")
+
+
+def unwrap_data_error(error: BaseException) -> BaseException:
+    """The ``DataError`` behind ``error`` if there is one (MONAI wraps a transform's exception in
+    ``RuntimeError("applying transform ...")``, which names the transform, not the file), else ``error``."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, DataError):
+            return cause
+        cause = cause.__cause__
+    return error

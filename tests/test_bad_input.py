@@ -103,3 +103,42 @@ def test_failed_block_leaves_neither_final_nor_temporary_files(tmp_path):
             a.write_text("half")
             raise RuntimeError("killed while writing b")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_nan_volume_in_a_training_datalist_stops_both_stages_naming_the_file(phantoms, tmp_path):
+    """MONAI's LoadImage would fall back to nibabel and train on the NaN; our loader names it."""
+    import json
+    import shutil
+
+    from bundle.data.slices import load_slices
+    from bundle.errors import DataError
+
+    data = tmp_path / "data"
+    shutil.copytree(phantoms, data)
+    image = data / json.loads((data / "datalist.json").read_text())["source"][0]["image"]
+    volume = sitk.ReadImage(str(image), sitk.sitkFloat32)
+    array = sitk.GetArrayFromImage(volume)
+    array[2, 5, 5] = np.nan
+    poisoned = sitk.GetImageFromArray(array)
+    poisoned.CopyInformation(volume)
+    write(poisoned, image)
+    for workers in (0, 2):
+        with pytest.raises(DataError, match=f"{image.name}: has 1 NaN or infinite voxels"):
+            load_slices(data / "datalist.json", "source", "ct", 64, num_workers=workers)
+
+
+def test_a_non_finite_stage2_loss_stops_before_the_weights_change():
+    import torch
+    from monai.engines import SupervisedTrainer
+    from monai.networks.nets import UNet
+
+    from bundle.engines import FiniteLossCheck
+
+    network = UNet(2, 1, 2, (4, 8), (2,), num_res_units=0)
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    loader = [{"image": torch.rand(2, 1, 16, 16), "label": torch.ones(2, 1, 16, 16)}]
+    trainer = SupervisedTrainer("cpu", 1, loader, network, torch.optim.SGD(network.parameters(), 0.1),
+                                loss_function=lambda pred, label: pred.mean() * float("nan"), train_handlers=[FiniteLossCheck()])
+    with pytest.raises(FloatingPointError, match="non-finite stage-2 loss nan at epoch 1, iteration 1"):
+        trainer.run()
+    assert all(torch.equal(before[k], v) for k, v in network.state_dict().items())

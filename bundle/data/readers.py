@@ -19,10 +19,11 @@ import SimpleITK as sitk
 
 from monai.data import ImageReader
 from monai.data.utils import orientation_ras_lps
+from monai.transforms import LoadImaged
 
 from bundle.errors import DataError
 
-__all__ = ["Volume", "read_image", "read_mask", "natural_key", "IMAGE_SUFFIXES", "SimpleITKReader", "case_name"]
+__all__ = ["Volume", "read_image", "read_mask", "natural_key", "IMAGE_SUFFIXES", "SimpleITKReader", "LoadVolumed", "case_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -225,3 +226,20 @@ class SimpleITKReader(ImageReader):
         meta = {"affine": affine, "original_affine": affine.copy(), "spatial_shape": np.array(array.shape),
                 "original_channel_dim": float("nan"), "space": "RAS"}
         return array, meta
+
+
+class LoadVolumed(LoadImaged):
+    """MONAI's ``LoadImaged`` reading with :class:`SimpleITKReader` only.
+
+    Given a reader, ``LoadImage`` still falls back to its other readers when that one raises,
+    so a volume ours rejects (NaN voxels, 2D, several channels) would be read by nibabel
+    anyway and train on garbage. A reader passed at call time is used alone: every training
+    and inference path then loads with our checks, and a bad file fails naming itself.
+    """
+
+    def __init__(self, keys, allow_missing_keys: bool = False) -> None:
+        self.volume_reader = SimpleITKReader()
+        super().__init__(keys, reader=self.volume_reader, image_only=True, allow_missing_keys=allow_missing_keys)
+
+    def __call__(self, data, reader: ImageReader | None = None):
+        return super().__call__(data, reader or self.volume_reader)

@@ -1,6 +1,6 @@
 """2D slices for the 2D networks (pipeline step 2): volumes -> normalised, square, resized slices.
 
-Volumes are read with MONAI transforms and cached (``CacheDataset``), reoriented to RAS so every
+Volumes are read with MONAI transforms (in threads), reoriented to RAS so every
 modality shows the same anatomy the same way, normalised per modality (CT by a HU window, MR by
 robust percentiles, both to [-1, 1] like the generators' tanh), then cut into axial slices
 that are resized in-plane to ``image_size`` keeping their aspect ratio (padded with -1,
@@ -10,18 +10,18 @@ the normalised background).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from monai.data import CacheDataset
 from monai.transforms import (
     Compose,
     MapTransform,
     EnsureChannelFirstd,
     EnsureTyped,
-    LoadImaged,
     Orientationd,
     ScaleIntensityRanged,
     ScaleIntensityRangePercentilesd,
@@ -29,8 +29,8 @@ from monai.transforms import (
 from torch.utils.data import Dataset
 
 from bundle.data.phantoms import make_phantoms
-from bundle.data.readers import SimpleITKReader
-from bundle.errors import DataError
+from bundle.data.readers import LoadVolumed
+from bundle.errors import DataError, unwrap_data_error
 from bundle.networks.geometry import to_square
 
 __all__ = ["CT_WINDOW", "MR_PERCENTILES", "AdjacentSlicesd", "read_datalist", "ensure_datalist", "volume_transform", "volume_slices", "load_slices", "UnpairedSlices", "evenly_spaced"]
@@ -120,7 +120,7 @@ def volume_transform(modality: str, with_label: bool = False, track_meta: bool =
     else:
         raise ValueError(f"modality must be 'ct' or 'mr', got {modality!r}")
     return Compose([
-        LoadImaged(keys, reader=SimpleITKReader(), image_only=True),
+        LoadVolumed(keys),
         EnsureChannelFirstd(keys),
         Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         normalise,
@@ -139,6 +139,21 @@ def _plain_cat(parts: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(parts).as_subclass(torch.Tensor)
 
 
+def _load_volumes(entries: list[dict], transform: Callable, num_workers: int) -> list[dict]:
+    """``transform`` of every entry, in ``num_workers`` threads. Not MONAI's ``CacheDataset``: after
+    one bad volume its thread pool goes on reading the others, and a thread killed inside ITK at
+    exit aborts the process; here pending reads are cancelled and running ones finish first."""
+    if num_workers <= 1:
+        return [transform(entry) for entry in entries]
+    with ThreadPoolExecutor(num_workers) as pool:
+        futures = [pool.submit(transform, entry) for entry in entries]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
 def volume_slices(entries: list[dict], modality: str, image_size: int, with_label: bool = False,
                   min_foreground: float = 0.05, num_workers: int = 0, source: str | Path = "datalist",
                   ct_window: Sequence[float] = CT_WINDOW, mr_percentiles: Sequence[float] = MR_PERCENTILES,
@@ -154,7 +169,11 @@ def volume_slices(entries: list[dict], modality: str, image_size: int, with_labe
         raise DataError(source, f"has no {modality.upper()} volumes")
     if with_label and (missing := [e["image"] for e in entries if "label" not in e]):
         raise DataError(source, f"has no label for {len(missing)} volume(s), e.g. {missing[0]}")
-    volumes = CacheDataset(entries, volume_transform(modality, with_label, ct_window=ct_window, mr_percentiles=mr_percentiles, context_slices=context_slices), num_workers=num_workers, progress=False)
+    transform = volume_transform(modality, with_label, ct_window=ct_window, mr_percentiles=mr_percentiles, context_slices=context_slices)
+    try:
+        volumes = _load_volumes(entries, transform, num_workers)
+    except RuntimeError as e:  # a bad volume: report the file, not MONAI's transform wrapper
+        raise unwrap_data_error(e) from e
     images, labels, subjects = [], [], []
     for i, item in enumerate(volumes):
         image = _to_slices(item["image"], image_size, "bilinear", -1.0)
