@@ -1,0 +1,60 @@
+"""What a MONAI user types on the command line reaches the configs as meant."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ROOT
+from monai.bundle import ConfigParser
+
+CONFIGS = ROOT / "configs"
+
+
+def parsed(config: str, id: str, **overrides):
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / config))
+    parser.update(overrides)
+    return parser.get_parsed_content(id)
+
+
+@pytest.mark.parametrize("spelling", [False, "false", "False", "FALSE", "0", "no"])
+def test_boolean_overrides_read_false_in_any_spelling(spelling):
+    """fire hands `--largest_component false` to the config as the string 'false', which is true in Python."""
+    keep = parsed("inference.yaml", "postprocessing", largest_component=spelling).transforms[-1]
+    assert list(keep.converter.applied_labels) == []
+    augmentation = parsed("train.yaml", "train#augmentation", appearance_randomisation=spelling)
+    assert not any(type(t).__name__ == "RandGlobalIntensityNonlineard" for t in augmentation.transforms)
+    assert parsed("drl_train.yaml", "memory_format", channels_last=spelling, device=torch.device("cpu")) == torch.contiguous_format
+
+
+@pytest.mark.parametrize("spelling", [True, "true", "True", "1"])
+def test_boolean_overrides_read_true_in_any_spelling(spelling):
+    keep = parsed("inference.yaml", "postprocessing", largest_component=spelling).transforms[-1]
+    assert list(keep.converter.applied_labels) == [1]
+    augmentation = parsed("train.yaml", "train#augmentation", appearance_randomisation=spelling)
+    assert any(type(t).__name__ == "RandGlobalIntensityNonlineard" for t in augmentation.transforms)
+
+
+def test_a_boolean_override_that_is_not_one_fails_clearly():
+    with pytest.raises(Exception) as raised:
+        parsed("inference.yaml", "postprocessing", largest_component="maybe")
+    causes, error = [], raised.value
+    while error is not None:
+        causes.append(str(error))
+        error = error.__cause__
+    assert "--largest_component must be True or False, got 'maybe'" in causes
+
+
+def test_network_and_preprocessing_sizes_are_the_same_in_every_config():
+    """MONAI Label reads train.yaml and inference.yaml on their own, so the size block is copied: it must not drift."""
+    shared = ["image_size", "dim", "n_down", "n_res", "style_dim", "mlp_dim", "norm", "shared_res", "ct_window", "mr_percentiles"]
+    configs = {}
+    for name in ("drl_train.yaml", "train.yaml", "inference.yaml"):
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / name))
+        configs[name] = parser
+    for key in shared:
+        values = {name: p[key] for name, p in configs.items()}
+        assert len({str(v) for v in values.values()}) == 1, (key, values)
+    for key in ("unet_channels", "context_slices"):
+        assert configs["train.yaml"][key] == configs["inference.yaml"][key], key
