@@ -33,6 +33,8 @@ def bad(phantoms, tmp_path) -> dict:
     nan_image.CopyInformation(ct)
     empty = sitk.Image(ct.GetSize(), sitk.sitkUInt8)
     empty.CopyInformation(ct)
+    zero = sitk.Image(ct.GetSize(), sitk.sitkInt16)
+    zero.CopyInformation(ct)
     far = sitk.ReadImage(str(good_mask))
     far.SetOrigin([o + 2000 for o in far.GetOrigin()])
     (tmp_path / "no_dicom").mkdir()
@@ -44,7 +46,7 @@ def bad(phantoms, tmp_path) -> dict:
         "truncated": tmp_path / "truncated.nii.gz", "garbage": tmp_path / "garbage.nii.gz", "text": tmp_path / "notes.txt",
         "2d": write(ct[:, :, 5], tmp_path / "slice2d.nii.gz"), "1slice": write(ct[:, :, 5:6], tmp_path / "one_slice.nii.gz"),
         "4d": write(sitk.JoinSeries([ct, ct]), tmp_path / "four_d.nii.gz"), "nan": write(nan_image, tmp_path / "nan.nii.gz"),
-        "empty": write(empty, tmp_path / "empty_mask.nii.gz"), "far": write(far, tmp_path / "far_mask.nii.gz"),
+        "empty": write(empty, tmp_path / "empty_mask.nii.gz"), "zero": write(zero, tmp_path / "all_zero.nii.gz"), "far": write(far, tmp_path / "far_mask.nii.gz"),
         "no_dicom": tmp_path / "no_dicom", "few_pngs": tmp_path / "few_pngs", "unwritable": tmp_path / "a_file/out",
     }
 
@@ -59,6 +61,7 @@ CASES = [
     ("1slice", "good_mask", [], "1slice", "is 2D"),
     ("4d", "good_mask", [], "4d", "is 4D"),
     ("nan", "good_mask", [], "nan", "NaN"),
+    ("zero", "good_mask", [], "zero", "has the value 0 in every voxel"),
     ("no_dicom", "good_mask", [], "no_dicom", "no DICOM series"),
     ("good_image", "empty", [], "empty", "empty"),
     ("good_image", "far", [], "far", "does not overlap"),

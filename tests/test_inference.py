@@ -160,9 +160,16 @@ def test_inference_writes_every_good_case_on_its_grid_and_names_the_bad_ones(pha
     sitk.WriteImage(bad_nan, str(inputs / "bad_nan.nii.gz"))
     sitk.WriteImage(image[:, :, 5], str(inputs / "bad_2d.nii.gz"))
     (inputs / "bad_corrupt.nii.gz").write_bytes(b"not an image")
+    sitk.WriteImage(image * 0, str(inputs / "bad_blank.nii.gz"))  # a blank export
+    speck = sitk.GetArrayFromImage(image) * 0
+    speck[0, :2, :2] = 500  # a few bright voxels in a zero volume: no MR percentile range
+    flat = sitk.GetImageFromArray(speck)
+    flat.CopyInformation(image)
+    sitk.WriteImage(flat, str(inputs / "bad_flat.nii.gz"))
     result = run_inference(inputs, out, weights / "model.pt")
     assert result.returncode != 0
-    for bad, problem in [("bad_nan", "NaN"), ("bad_2d", "2D"), ("bad_corrupt", "cannot be read")]:
+    for bad, problem in [("bad_nan", "NaN"), ("bad_2d", "2D"), ("bad_corrupt", "cannot be read"), ("bad_blank", "in every voxel"),
+                         ("bad_flat", "has no contrast: its 0.5-99.5 percentiles are both 0")]:
         assert f"{bad}.nii.gz" in result.stderr and problem in result.stderr, result.stderr[-3000:]
         assert not list(out.glob(f"{bad}*"))
     reference = nib.load(source)

@@ -16,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from bundle.atomic import atomic_outputs, check_writable_dir
-from bundle.data.readers import Volume, read_image, read_mask
+from bundle.data.readers import Volume, check_contrast, read_image, read_mask
 from bundle.errors import DataError
 
 __all__ = ["align_mask", "liver_stats", "prepare_case", "prepare_chaos", "make_datalist", "chaos_cases"]
@@ -134,6 +134,7 @@ def prepare_case(image: str | Path, mask: str | Path, out: str | Path, name: str
     if not name or os.sep in name or name.startswith("."):
         raise DataError(name or "<empty name>", "is not a usable case name")
     volume = read_image(image)
+    check_contrast(sitk.GetArrayViewFromImage(volume.image), volume.path)
     liver = align_mask(read_mask(mask, volume), volume, mask, liver_label)
     out = check_writable_dir(out)
     targets = [out / f"{name}{IMAGE_SUFFIX}", out / f"{name}{LIVER_SUFFIX}"]

@@ -23,7 +23,7 @@ from monai.transforms import LoadImaged
 
 from bundle.errors import DataError
 
-__all__ = ["Volume", "read_image", "read_mask", "natural_key", "IMAGE_SUFFIXES", "SimpleITKReader", "LoadVolumed", "case_name"]
+__all__ = ["Volume", "read_image", "read_mask", "natural_key", "IMAGE_SUFFIXES", "SimpleITKReader", "LoadVolumed", "case_name", "check_contrast"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,20 @@ def _check_volume(image: sitk.Image, path: Path) -> None:
         bad = int(np.count_nonzero(~np.isfinite(array)))
         if bad:
             raise DataError(path, f"has {bad} NaN or infinite voxels")
+
+
+def check_contrast(array: np.ndarray, path: str | Path, percentiles: tuple[float, float] | None = None) -> None:
+    """A scan to segment must show something: not one value in every voxel (a blank or zero-filled
+    export) and, for MR normalised by ``percentiles``, not one value over that range (it would map
+    every voxel to the same grey and the network would answer noise)."""
+    low, high = float(np.min(array)), float(np.max(array))
+    if low == high:
+        raise DataError(path, f"has the value {low:g} in every voxel: a blank image, nothing to segment")
+    if percentiles is not None:
+        p_low, p_high = np.percentile(array, percentiles)
+        if p_low == p_high:
+            raise DataError(path, f"has no contrast: its {percentiles[0]:g}-{percentiles[1]:g} percentiles are both {p_low:g} "
+                                  "(nearly every voxel has one value), so MR normalisation has no range")
 
 
 def read_image(path: str | Path) -> Volume:

@@ -29,11 +29,11 @@ from monai.transforms import (
 from torch.utils.data import Dataset
 
 from bundle.data.phantoms import make_phantoms
-from bundle.data.readers import LoadVolumed
+from bundle.data.readers import LoadVolumed, check_contrast
 from bundle.errors import DataError, unwrap_data_error
 from bundle.networks.geometry import to_square
 
-__all__ = ["CT_WINDOW", "MR_PERCENTILES", "AdjacentSlicesd", "read_datalist", "ensure_datalist", "volume_transform", "volume_slices", "load_slices", "UnpairedSlices", "evenly_spaced"]
+__all__ = ["CT_WINDOW", "MR_PERCENTILES", "AdjacentSlicesd", "CheckContrastd", "read_datalist", "ensure_datalist", "volume_transform", "volume_slices", "load_slices", "UnpairedSlices", "evenly_spaced"]
 
 # HU mapped to [-1, 1]. The SABS CT source was published clipped to [-125, 275]: a wider window
 # would show its air as flat grey (-125 HU) and raw-HU CT's as black, two looks for one thing.
@@ -102,6 +102,22 @@ class AdjacentSlicesd(MapTransform):
         return d
 
 
+class CheckContrastd(MapTransform):
+    """Refuse a blank image before it is normalised (``check_contrast``): a constant volume, or an
+    MR volume whose normalisation percentiles coincide, would otherwise get a made-up liver."""
+
+    def __init__(self, keys: str | Sequence[str], percentiles: Sequence[float] | None = None) -> None:
+        super().__init__(keys)
+        self.percentiles = None if percentiles is None else tuple(map(float, percentiles))
+
+    def __call__(self, data: dict) -> dict:
+        for key in self.key_iterator(data):
+            image = data[key]
+            path = image.meta.get("filename_or_obj", key) if hasattr(image, "meta") else key
+            check_contrast(np.asarray(image), path, self.percentiles)
+        return data
+
+
 def volume_transform(modality: str, with_label: bool = False, track_meta: bool = False,
                      ct_window: Sequence[float] = CT_WINDOW, mr_percentiles: Sequence[float] = MR_PERCENTILES,
                      context_slices: int = 0) -> Compose:
@@ -121,6 +137,7 @@ def volume_transform(modality: str, with_label: bool = False, track_meta: bool =
         raise ValueError(f"modality must be 'ct' or 'mr', got {modality!r}")
     return Compose([
         LoadVolumed(keys),
+        CheckContrastd("image", mr_percentiles if modality == "mr" else None),
         EnsureChannelFirstd(keys),
         Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         normalise,
