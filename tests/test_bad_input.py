@@ -145,3 +145,24 @@ def test_a_non_finite_stage2_loss_stops_before_the_weights_change():
     with pytest.raises(FloatingPointError, match="non-finite stage-2 loss nan at epoch 1, iteration 1"):
         trainer.run()
     assert all(torch.equal(before[k], v) for k, v in network.state_dict().items())
+
+
+@pytest.mark.parametrize("damage", ["missing", "unreadable"])
+def test_a_dicom_series_with_a_lost_slice_is_an_error_not_a_stretched_volume(phantoms, tmp_path, damage):
+    """ITK would read 19 of 20 slices and spread them over the 20 slices' extent."""
+    from bundle.data.export import write_dicom_series
+    from bundle.data.readers import read_image
+    from bundle.errors import DataError
+
+    image = sitk.ReadImage(str(phantoms / "mr/mr_000_t1_pre_image.nii.gz"))
+    folder = tmp_path / "series"
+    write_dicom_series(sitk.Cast(image, sitk.sitkInt16), folder, modality="MR")
+    files = sorted(folder.iterdir())
+    assert read_image(folder).image.GetSize() == image.GetSize()  # intact: read as it was written
+    victim = files[len(files) // 2]
+    if damage == "missing":
+        victim.unlink()
+    else:
+        victim.write_bytes(b"\0" * 200)
+    with pytest.raises(DataError, match=f"{folder}: DICOM slices are not evenly spaced: .* mm between slices"):
+        read_image(folder)

@@ -50,6 +50,34 @@ def _first_line(error: Exception) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
+def _check_slice_positions(folder: Path, files: list[str]) -> None:
+    """The series' slices must be evenly spaced: ITK stacks whatever files it finds and spreads
+    them evenly, so a missing or unreadable slice file would silently stretch the volume
+    (20 files at 2 mm read as 19 slices at 2.11 mm)."""
+    if len(files) < 3:
+        return
+    positions = []
+    for f in files:
+        header = sitk.ImageFileReader()
+        header.SetFileName(f)
+        try:
+            header.ReadImageInformation()
+            origin = np.array([float(v) for v in header.GetMetaData("0020|0032").split("\\")])
+            row, col = np.array([float(v) for v in header.GetMetaData("0020|0037").split("\\")]).reshape(2, 3)
+        except (RuntimeError, ValueError):
+            return  # no patient position/orientation tags: nothing to check against
+        positions.append(float(origin @ np.cross(row, col)))
+    steps = np.diff(np.sort(positions))
+    typical = float(np.median(steps))
+    if typical <= 0:
+        raise DataError(folder, f"DICOM series has several files at the same slice position ({len(files)} files)")
+    uneven = np.flatnonzero(np.abs(steps - typical) > 0.01 * typical + 1e-3)
+    if uneven.size:
+        k = int(uneven[0])
+        raise DataError(folder, f"DICOM slices are not evenly spaced: {steps[k]:.3g} mm between slices {k} and {k + 1} of {len(files)}, "
+                                f"{typical:.3g} mm elsewhere (a slice file missing or unreadable?)")
+
+
 def _read_dicom_series(folder: Path) -> Volume:
     reader = sitk.ImageSeriesReader()
     series = reader.GetGDCMSeriesIDs(str(folder))
@@ -60,6 +88,7 @@ def _read_dicom_series(folder: Path) -> Volume:
     if len(series) > 1:
         logger.warning("%s holds %d DICOM series; using %s (%d files)", folder, len(series), sid, len(files_per_series[sid]))
     files = list(files_per_series[sid])
+    _check_slice_positions(folder, files)
     reader.SetFileNames(files)
     try:
         image = reader.Execute()
