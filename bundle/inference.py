@@ -96,10 +96,25 @@ class SegmentVolumes:
             _write_nifti(np.asarray(data["content"][0], dtype=np.float32), affine, tmp_content)
         return outputs[0], outputs[1]
 
+    def _check_outputs(self, cases: list[Path]) -> None:
+        """Before any work: no two cases write the same files (``a.nii`` and ``a.nii.gz``), and
+        no output replaces a file of the input folder (a user's ``p1_liver.nii.gz`` next to
+        ``p1.nii.gz``). Earlier results in a separate ``output_dir`` are replaced (documented)."""
+        by_name: dict[str, Path] = {}
+        for path in cases:
+            if (other := by_name.setdefault(case_name(path), path)) != path:
+                raise DataError(self.dataset_dir, f"{other.name} and {path.name} would both be written as {case_name(path)}_liver.nii.gz; rename one")
+        if self.output_dir.resolve() == self.dataset_dir.resolve():
+            for name in by_name:
+                for suffix in OUTPUT_SUFFIXES:
+                    if (existing := self.output_dir / f"{name}{suffix}.nii.gz").exists():
+                        raise DataError(existing, "is in the input folder and would be overwritten; choose another --output_dir")
+
     def __call__(self) -> dict[str, str]:
         """Segment every case; returns ``{case: mask path}``. Raises after the loop if any case failed."""
-        check_writable_dir(self.output_dir)
         cases = find_volumes(self.dataset_dir)
+        self._check_outputs(cases)
+        check_writable_dir(self.output_dir)
         done, failed = {}, []
         for path in cases:
             start = time.perf_counter()

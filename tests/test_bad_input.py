@@ -166,3 +166,15 @@ def test_a_dicom_series_with_a_lost_slice_is_an_error_not_a_stretched_volume(pha
         victim.write_bytes(b"\0" * 200)
     with pytest.raises(DataError, match=f"{folder}: DICOM slices are not evenly spaced: .* mm between slices"):
         read_image(folder)
+
+
+def test_prepare_case_never_overwrites_its_own_inputs(bad, tmp_path):
+    folder = tmp_path / "case"
+    folder.mkdir()
+    image, mask = folder / "p_image.nii.gz", folder / "p_liver.nii.gz"
+    image.write_bytes(bad["good_image"].read_bytes())
+    mask.write_bytes(bad["good_mask"].read_bytes())
+    before = image.read_bytes(), mask.read_bytes()
+    result = run_script("prepare_data.py", "case", "--image", image, "--mask", mask, "--out", folder, "--name", "p")
+    assert result.returncode == 2 and f"error: {image}: is an input of this command and would be overwritten" in result.stderr
+    assert (image.read_bytes(), mask.read_bytes()) == before

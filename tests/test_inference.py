@@ -253,3 +253,23 @@ def test_shipped_model_fits_the_inference_config():
     with torch.no_grad():  # model.pt's content path is the shipped DRLModule's
         assert torch.allclose(network.eval().segment_with_content(x)[1], drl.content_only(x, "mr"), atol=1e-4)
     assert sum((ROOT / "models" / name).stat().st_size for name in ("model.pt", "drl.pth")) <= 40 * 2**20
+
+
+def test_inference_never_overwrites_an_input_and_refuses_clashing_case_names(phantoms, weights, tmp_path):
+    source = phantoms / "mr/mr_002_t1_pre_image.nii.gz"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(source, folder / "p1.nii.gz")
+    users_mask = folder / "p1_liver.nii.gz"
+    shutil.copy(phantoms / "mr/mr_002_liver.nii.gz", users_mask)
+    before = users_mask.read_bytes()
+    result = run_inference(folder, folder, weights / "model.pt")
+    assert result.returncode != 0 and f"{users_mask}: is in the input folder and would be overwritten" in result.stderr
+    assert users_mask.read_bytes() == before and not list(folder.glob("*_content.nii.gz"))
+    clash = tmp_path / "clash"
+    clash.mkdir()
+    shutil.copy(source, clash / "a.nii.gz")
+    nib.save(nib.load(source), clash / "a.nii")
+    result = run_inference(clash, tmp_path / "out", weights / "model.pt")
+    assert result.returncode != 0 and "a.nii and a.nii.gz would both be written as a_liver.nii.gz" in result.stderr
+    assert not (tmp_path / "out").exists()  # refused before any output folder was made

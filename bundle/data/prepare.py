@@ -133,6 +133,11 @@ def prepare_case(image: str | Path, mask: str | Path, out: str | Path, name: str
     """
     if not name or os.sep in name or name.startswith("."):
         raise DataError(name or "<empty name>", "is not a usable case name")
+    out_dir = Path(out)
+    inputs = {Path(p).resolve() for p in (image, mask)}
+    for target in (out_dir / f"{name}{IMAGE_SUFFIX}", out_dir / f"{name}{LIVER_SUFFIX}"):
+        if target.resolve() in inputs:
+            raise DataError(target, "is an input of this command and would be overwritten; choose another --out or --name")
     volume = read_image(image)
     check_contrast(sitk.GetArrayViewFromImage(volume.image), volume.path)
     liver = align_mask(read_mask(mask, volume), volume, mask, liver_label)
