@@ -1,32 +1,27 @@
-"""Ignite handlers around the GAN loops (stage 1, CycleGAN): validation signals and image grids, atomic checkpoints.
+"""Ignite handlers around the GAN loops (stage 1, CycleGAN): validation signals, image grids, a progress bar.
 
-MONAI's ``CheckpointSaver`` writes non-atomically (``atomic=False``), so a run killed while
-saving could leave a truncated "latest" checkpoint that the next run resumes from; the
-``AtomicCheckpoint`` here uses ignite's ``Checkpoint`` with an atomic ``DiskSaver`` instead.
+Checkpoints are in ``bundle.checkpoint``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 
 import numpy as np
-import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint, DiskSaver, ProgressBar
+from ignite.handlers import ProgressBar
 
 from bundle.atomic import atomic_outputs
 from bundle.data.slices import evenly_spaced
 from bundle.engines.drl_trainer import unwrap
 from bundle.metrics import content_domain_accuracy
 
-__all__ = ["DRLValidation", "CycleGANValidation", "AtomicCheckpoint", "LossProgressBar", "latest_checkpoint", "radiological"]
+__all__ = ["DRLValidation", "CycleGANValidation", "LossProgressBar", "radiological"]
 
 logger = logging.getLogger(__name__)
-CHECKPOINT_PREFIX = "drl"
 
 
 def radiological(slices: torch.Tensor) -> torch.Tensor:
@@ -34,77 +29,11 @@ def radiological(slices: torch.Tensor) -> torch.Tensor:
     return slices.transpose(-1, -2).flip(-1, -2)
 
 
-def latest_checkpoint(ckpt_dir: str | Path) -> str | None:
-    """Path of the checkpoint with the highest iteration in ``ckpt_dir``, or ``None``."""
-    found = []
-    for path in Path(ckpt_dir).glob(f"{CHECKPOINT_PREFIX}_checkpoint_*.pt"):
-        match = re.search(r"_(\d+)\.pt$", path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return str(max(found)[1]) if found else None
-
-
 class LossProgressBar(ProgressBar):
     """ignite's progress bar showing the generator (G) and discriminator (D) losses, attachable by MONAI."""
 
     def attach(self, engine: Engine) -> None:  # type: ignore[override]
         super().attach(engine, output_transform=lambda out: {"G": out["losses"]["total"], "D": out["losses"]["adv_d"]})
-
-
-class AtomicCheckpoint:
-    """Resume from the last checkpoint in ``save_dir`` at start; save every ``save_interval``
-    epochs, atomically, keeping the last ``n_saved``; at the end write the network's weights (DRLModule or CycleGAN)
-    alone to ``final_path``. The trainer's own state (epoch, iteration) is saved with the
-    ``objects`` under the key ``trainer``, so a resumed run continues where the last one stopped.
-    Under torch.distributed every rank resumes and only rank 0 writes (ignite's ``DiskSaver``
-    is rank-aware; it must be built on every rank because it synchronises when created).
-
-    Args:
-        save_dir: checkpoint folder.
-        objects: name -> object with ``state_dict`` (networks, optimisers, schedulers).
-        n_saved: checkpoints kept.
-        save_interval: epochs between checkpoints.
-        resume: load the latest checkpoint (if any) when the run starts.
-        network: the network whose weights ``final_path`` receives.
-        final_path: where to write the trained network's ``state_dict`` (``None``: not written).
-        map_location: device mapping for loading.
-    """
-
-    def __init__(self, save_dir: str, objects: dict, n_saved: int = 3, save_interval: int = 1, resume: bool = True,
-                 network: torch.nn.Module | None = None, final_path: str | None = None, map_location=None) -> None:
-        self.save_dir, self.objects, self.n_saved, self.save_interval = save_dir, dict(objects), n_saved, save_interval
-        self.resume, self.network, self.final_path, self.map_location = resume, network, final_path, map_location
-
-    def attach(self, engine: Engine) -> None:
-        self.objects["trainer"] = engine
-        if self.resume:
-            engine.add_event_handler(Events.STARTED, self._resume)
-        Path(self.save_dir).mkdir(parents=True, exist_ok=True)
-        checkpoint = Checkpoint(
-            self.objects, DiskSaver(self.save_dir, atomic=True, require_empty=False), filename_prefix=CHECKPOINT_PREFIX,
-            n_saved=self.n_saved, global_step_transform=lambda e, _: e.state.iteration,
-        )
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), checkpoint)
-        if self.final_path is not None and self.network is not None and idist.get_rank() == 0:
-            engine.add_event_handler(Events.COMPLETED, self._save_final)
-
-    def _resume(self, engine: Engine) -> None:
-        path = latest_checkpoint(self.save_dir)
-        if path is None:
-            return
-        max_epochs = engine.state.max_epochs
-        Checkpoint.load_objects(self.objects, torch.load(path, map_location=self.map_location, weights_only=True))
-        if engine.state.epoch > max_epochs:
-            raise ValueError(f"{path}: checkpoint is at epoch {engine.state.epoch}, beyond this run's {max_epochs} epochs; raise max_iterations")
-        engine.state.max_epochs = max_epochs
-        logger.info("resumed from %s (iteration %d)", path, engine.state.iteration)
-
-    def _save_final(self, engine: Engine) -> None:
-        final = Path(self.final_path)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_outputs([final]) as (tmp,):
-            torch.save(unwrap(self.network).state_dict(), tmp)
-        logger.info("%s weights written to %s", type(unwrap(self.network)).__name__, final)
 
 
 class DRLValidation:

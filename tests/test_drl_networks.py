@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bundle.losses import AdversarialLoss, DRLLoss, latent_loss, recon_loss
-from bundle.networks import ContentEncoder, DRLModule, Generator, MultiScaleDiscriminator, StyleEncoder
+from bundle.networks import ContentEncoder, DRLModule, MultiScaleDiscriminator, StyleEncoder
 
 
 @pytest.mark.parametrize("size,dim,n_down,norm", [(64, 8, 2, "instance"), (96, 4, 3, "batch"), (128, 8, 2, "instance")])

@@ -89,8 +89,8 @@ class LiverSegmenter(nn.Module):
     def content(self, x: torch.Tensor) -> torch.Tensor:
         """Content-only images of square slices ``x`` (N, C, S, S), channel by channel: a 2.5D
         input's adjacent slices each go through the 1-channel content path."""
-        n, c = x.shape[:2]
-        return self.content_path(x.reshape(n * c, 1, *x.shape[2:])).reshape(n, c, *x.shape[2:])
+        n, c, h, w = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+        return self.content_path(x.reshape(n * c, 1, h, w)).reshape(n, c, h, w)
 
     def _square(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         content = self.content(to_square(x, self.image_size))
