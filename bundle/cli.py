@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import tempfile
+import traceback
 from typing import Any
 
 import fire
+import torch
 
-from bundle.errors import DataError
+from bundle.errors import DataError, unwrap_data_error
 
-__all__ = ["run_cli", "flag"]
+__all__ = ["run_cli", "flag", "brief_errors", "check_device", "refuse_option"]
 
 
 def run_cli(component: Any) -> None:
@@ -34,3 +38,45 @@ def flag(value: bool | str, name: str) -> bool:
     if text in ("false", "0", "no"):
         return False
     raise ValueError(f"--{name} must be True or False, got {value!r}")
+
+
+def brief_errors() -> None:
+    """Make ``python -m monai.bundle run`` end on bad input the way our scripts do: one line
+    ``error: <file>: <problem>`` and exit code 2, the full traceback in a log file named on that
+    line, instead of two chained tracebacks ending in a config expression. Other exceptions
+    keep Python's report. Configs call it first in ``initialize``."""
+    previous = sys.excepthook
+
+    def hook(kind, value, tb) -> None:
+        error = unwrap_data_error(value)
+        if not isinstance(error, DataError):
+            previous(kind, value, tb)
+            return
+        with tempfile.NamedTemporaryFile("w", prefix="dadr-error-", suffix=".log", delete=False) as log:
+            log.write("".join(traceback.format_exception(kind, value, tb)))
+        print(f"error: {error} (traceback: {log.name})", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(2)  # SystemExit cannot be raised from an excepthook
+
+    sys.excepthook = hook
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``--device`` as a ``torch.device`` (a plain string like ``cpu`` or ``cuda:0`` works), refused
+    clearly when it names an accelerator this machine does not have."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise DataError("--device", f"{device!r} is not a device (examples: cpu, cuda, cuda:0)") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DataError("--device", f"{device} was asked for, but CUDA is not available on this machine; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DataError("--device", f"{device} was asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def refuse_option(value: Any, name: str, why: str) -> None:
+    """A clear error for an option this config does not use (MONAI accepts any override silently)."""
+    if value is not None:
+        raise DataError(f"--{name}", f"is not an option of this config: {why}")

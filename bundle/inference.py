@@ -38,6 +38,9 @@ def find_volumes(dataset_dir: str | Path) -> list[Path]:
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
             continue
+        if path.is_dir() and not any(path.iterdir()):
+            logger.warning("%s: empty folder, skipped", path)
+            continue
         if path.is_dir() or path.name.endswith(IMAGE_SUFFIXES):
             if case_name(path).endswith(OUTPUT_SUFFIXES + ("_labels",)):
                 continue
@@ -91,6 +94,9 @@ class SegmentVolumes:
         data = self.postprocessing(data)
         mask = np.asarray(data["pred"][0], dtype=np.uint8)
         affine = np.asarray(data["pred"].affine, dtype=np.float64)
+        for output in outputs:  # what a run killed while writing this case left behind
+            for stale in self.output_dir.glob(f".tmp-????????-{output.name}"):
+                stale.unlink(missing_ok=True)
         with atomic_outputs(outputs) as (tmp_mask, tmp_content):
             _write_nifti(mask, affine, tmp_mask)
             _write_nifti(np.asarray(data["content"][0], dtype=np.float32), affine, tmp_content)

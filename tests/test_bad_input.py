@@ -178,3 +178,17 @@ def test_prepare_case_never_overwrites_its_own_inputs(bad, tmp_path):
     result = run_script("prepare_data.py", "case", "--image", image, "--mask", mask, "--out", folder, "--name", "p")
     assert result.returncode == 2 and f"error: {image}: is an input of this command and would be overwritten" in result.stderr
     assert (image.read_bytes(), mask.read_bytes()) == before
+
+
+def test_a_sheared_affine_is_named_as_such_not_as_a_corrupt_file(tmp_path):
+    import nibabel as nib
+
+    from bundle.data.readers import read_image
+    from bundle.errors import DataError
+
+    affine = np.array([[1.0, 0.3, 0, 0], [0, 1, 0, 0], [0, 0, 2, 0], [0, 0, 0, 1]])  # a shear: not orthonormal
+    path = tmp_path / "sheared.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(size=(8, 8, 4)).astype(np.float32), affine), path)
+    with pytest.raises(DataError) as raised:
+        read_image(path)
+    assert "non-orthonormal orientation" in str(raised.value) and "corrupt" not in str(raised.value)

@@ -272,3 +272,30 @@ def test_inference_never_overwrites_an_input_and_refuses_clashing_case_names(pha
     result = run_inference(clash, tmp_path / "out", weights / "model.pt")
     assert result.returncode != 0 and "a.nii and a.nii.gz would both be written as a_liver.nii.gz" in result.stderr
     assert not (tmp_path / "out").exists()  # refused before any output folder was made
+
+
+def test_inference_cli_ends_bad_input_with_one_line_and_exit_code_2(phantoms, weights, tmp_path):
+    """Like the preparation scripts: `error: <file>: <problem>` last, exit 2, the traceback in a file;
+    an empty sub-folder is skipped; what a killed run left for a case is cleaned when it is written."""
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    (inputs / "empty_folder").mkdir()
+    shutil.copy(phantoms / "mr/mr_002_t1_pre_image.nii.gz", inputs / "good.nii.gz")
+    out.mkdir()
+    stale = out / ".tmp-0123abcd-good_liver.nii.gz"
+    stale.write_bytes(b"half a file")
+    result = run_inference(inputs, out, weights / "model.pt")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "empty_folder: empty folder, skipped" in result.stdout + result.stderr and not stale.exists() and (out / "good_liver.nii.gz").is_file()
+    (inputs / "bad.nii.gz").write_bytes(b"not an image")
+    result = run_inference(inputs, tmp_path / "out2", weights / "model.pt")
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and last.startswith(f"error: {inputs}: 1 of 2 cases failed: {inputs / 'bad.nii.gz'}: cannot be read"), last
+    log = last.rsplit("(traceback: ", 1)[1].rstrip(")")
+    assert "Traceback" in open(log).read()
+    for extra, problem in ((["--device", "cuda:0"], "error: --device: cuda:0 was asked for, but CUDA is not available"),
+                           (["--amp", "bfloat16"], "error: --amp: is not an option of this config")):
+        if extra[0] == "--device" and torch.cuda.is_available():
+            continue
+        result = run_inference(inputs, tmp_path / "out3", weights / "model.pt", *extra)
+        assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(problem), result.stderr[-1000:]

@@ -116,6 +116,8 @@ def _read_file(path: Path) -> sitk.Image:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as e:
+        if "orthonormal" in str(e).lower():  # a readable file whose affine ITK cannot represent
+            raise DataError(path, f"has a sheared or non-orthonormal orientation (direction cosines), which is not supported: {_first_line(e)}") from e
         raise DataError(path, f"cannot be read (corrupt or truncated?): {_first_line(e)}") from e
     if name.endswith((".nii", ".nii.gz")):
         _check_nifti_payload(path)
