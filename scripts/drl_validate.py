@@ -22,7 +22,7 @@ from bundle.networks import DRLModule  # noqa: E402
 
 def main(drl: str, datalist: str, image_size: int = 256, dim: int = 64, n_down: int = 2, n_res: int = 4, shared_res: int = 0,
          norm: str = "instance", n_slices: int = 64) -> None:
-    network = DRLModule(dim=dim, n_down=n_down, n_res=n_res, shared_res=shared_res, norm=norm)
+    network = DRLModule(dim=dim, n_down=n_down, n_res=n_res, shared_res=shared_res, norm=norm, image_size=image_size)
     network.load_state_dict(torch.load(drl, map_location="cpu", weights_only=True))
     source = load_slices(datalist, "source", "ct", image_size)
     target = load_slices(datalist, "target", "mr", image_size)

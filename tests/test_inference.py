@@ -34,7 +34,7 @@ def weights(tmp_path_factory):
     """drl.pth of an (untrained) DRLModule and the model.pt of an inference network built on it."""
     folder = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)
-    torch.save(DRLModule(**NET, shared_res=1).state_dict(), folder / "drl.pth")
+    torch.save(DRLModule(**NET, shared_res=1, image_size=64).state_dict(), folder / "drl.pth")
     network = load_drl_weights(LiverSegmenter(64, "mr", **NET, shared_res=1), folder / "drl.pth")
     torch.save(network.state_dict(), folder / "model.pt")
     return folder
@@ -50,7 +50,7 @@ def test_geometry_round_trip_keeps_size_and_pads_with_background():
 
 
 def test_network_content_matches_drl_module_and_scripts(weights):
-    drl = DRLModule(**NET, shared_res=1)
+    drl = DRLModule(**NET, shared_res=1, image_size=64)
     drl.load_state_dict(torch.load(weights / "drl.pth", weights_only=True))
     network = load_drl_weights(LiverSegmenter(64, "mr", **NET, shared_res=1), weights / "drl.pth").eval()
     x = torch.rand(2, 1, 64, 64) * 2 - 1
@@ -299,3 +299,29 @@ def test_inference_cli_ends_bad_input_with_one_line_and_exit_code_2(phantoms, we
             continue
         result = run_inference(inputs, tmp_path / "out3", weights / "model.pt", *extra)
         assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(problem), result.stderr[-1000:]
+
+
+def test_weights_refuse_another_image_size_or_intensity_setting_and_non_finite_values(phantoms, weights, tmp_path):
+    """Fully convolutional weights would run at any size; the sizes they were trained for travel with them."""
+    folder = phantoms / "mr"
+    args = [a for k, v in SIZES.items() if k != "image_size" for a in (f"--{k}", str(v))]
+
+    def infer(model, *extra):
+        command = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.yaml", "--dataset_dir", str(folder),
+                   "--output_dir", str(tmp_path / "out"), "--model_path", str(model), *args, *extra]
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    result = infer(weights / "model.pt", "--image_size", "128")
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and last.startswith(f"error: {weights / 'model.pt'}: does not fit this configuration"), last
+    assert "trained for image_size 64" in last and "has image_size 128" in last
+    result = infer(weights / "model.pt", "--image_size", "64", "--ct_window", "[-250,350]")
+    assert result.returncode == 2 and "ct_window [-125, 275]" in result.stderr.strip().splitlines()[-1]
+    with pytest.raises(DataError, match="drl.pth: was trained for image_size 64.*this configuration has image_size 96"):
+        load_drl_weights(LiverSegmenter(96, "mr", **NET, shared_res=1), weights / "drl.pth")
+    state = torch.load(weights / "model.pt", weights_only=True)
+    next(v for k, v in state.items() if k.startswith("unet.")).view(-1)[0] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    result = infer(tmp_path / "nan.pt", "--image_size", "64")
+    assert result.returncode == 2 and f"error: {tmp_path / 'nan.pt'}: has non-finite (NaN/Inf) weights" in result.stderr
+    assert not list((tmp_path / "out").glob("*_liver.nii.gz")) if (tmp_path / "out").exists() else True

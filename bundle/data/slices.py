@@ -28,19 +28,13 @@ from monai.transforms import (
 )
 from torch.utils.data import Dataset
 
+from bundle.data.intensity import CT_WINDOW, MR_PERCENTILES
 from bundle.data.phantoms import make_phantoms
 from bundle.data.readers import LoadVolumed, check_contrast
 from bundle.errors import DataError, unwrap_data_error
 from bundle.networks.geometry import to_square
 
 __all__ = ["CT_WINDOW", "MR_PERCENTILES", "AdjacentSlicesd", "CheckContrastd", "read_datalist", "ensure_datalist", "volume_transform", "volume_slices", "load_slices", "UnpairedSlices", "evenly_spaced"]
-
-# HU mapped to [-1, 1]. The SABS CT source was published clipped to [-125, 275]: a wider window
-# would show its air as flat grey (-125 HU) and raw-HU CT's as black, two looks for one thing.
-# This window makes clipped and raw CT identical to the networks and keeps what the liver needs
-# (fat -100, soft tissue 20-80, enhanced liver and vessels up to ~250). Configs pass ``ct_window``.
-CT_WINDOW = (-125.0, 275.0)
-MR_PERCENTILES = (0.5, 99.5)  # MR has no units: its own robust range maps to [-1, 1]
 
 
 def read_datalist(path: str | Path, section: str) -> list[dict]:

@@ -7,11 +7,12 @@ from bundle.networks.discriminator import ContentDiscriminator, DomainDiscrimina
 from bundle.networks.drl import DRLModule
 from bundle.networks.encoders import ContentEncoder, StyleEncoder
 from bundle.networks.generator import Generator
-from bundle.networks.segmenter import ContentOnly, LiverSegmenter, load_drl_weights
+from bundle.networks.segmenter import ContentOnly, LiverSegmenter, load_drl_weights, load_model
+from bundle.networks.trained_for import TrainedFor
 
 __all__ = [
     "AdaINResBlock", "AdaptiveInstanceNorm", "ContentEncoder", "StyleEncoder", "Generator",
     "MultiScaleDiscriminator", "ContentDiscriminator", "DomainDiscriminators", "DRLModule",
-    "ContentOnly", "LiverSegmenter", "load_drl_weights",
+    "ContentOnly", "LiverSegmenter", "load_drl_weights", "load_model", "TrainedFor",
     "ResnetGenerator", "CycleGAN", "PatchDiscriminators", "load_translator",
 ]

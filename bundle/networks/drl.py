@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
 from bundle.networks.encoders import StyleEncoder, content_encoders
 from bundle.networks.generator import Generator
+from bundle.networks.trained_for import TrainedFor
+from bundle.data.intensity import CT_WINDOW, MR_PERCENTILES
 
 __all__ = ["DRLModule", "DOMAINS"]
 
@@ -40,6 +42,8 @@ class DRLModule(nn.Module):
         content_domain: whose generator decodes content-only images, ``ct`` or ``mr``.
         shared_res: how many of the content encoders' final residual blocks the two domains share
             (0 in the paper; sharing, as in DRIT, ties both modalities to one content space).
+        image_size, ct_window, mr_percentiles: the input the weights are trained for, recorded
+            with them (``TrainedFor``) so that stage 2 and inference refuse another.
     """
 
     def __init__(
@@ -54,6 +58,9 @@ class DRLModule(nn.Module):
         norm: str = "instance",
         content_domain: str = "ct",
         shared_res: int = 0,
+        image_size: int = 128,
+        ct_window: Sequence[float] = CT_WINDOW,
+        mr_percentiles: Sequence[float] = MR_PERCENTILES,
     ) -> None:
         super().__init__()
         if content_domain not in DOMAINS:
@@ -64,6 +71,7 @@ class DRLModule(nn.Module):
         self.generators = nn.ModuleDict({d: Generator(channels, in_channels, n_down, n_res, style_dim, mlp_dim) for d in DOMAINS})
         self.style_dim = style_dim
         self.content_domain = content_domain
+        self.trained_for = TrainedFor(image_size, ct_window, mr_percentiles)
 
     def encode(self, x: torch.Tensor, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(content code, style code) of images ``x`` of ``domain``."""

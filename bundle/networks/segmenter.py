@@ -8,17 +8,20 @@ any size, brings it to the square size the networks were trained on and brings t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 import torch
 from monai.networks.nets import UNet
 from torch import nn
 
+from bundle.data.intensity import CT_WINDOW, MR_PERCENTILES
 from bundle.errors import DataError
 from bundle.networks.drl import DOMAINS
 from bundle.networks.encoders import content_encoders
 from bundle.networks.generator import Generator
 from bundle.networks.geometry import from_square, to_square
+from bundle.networks.trained_for import TrainedFor
 
-__all__ = ["ContentOnly", "LiverSegmenter", "load_drl_weights", "ADAPTATIONS"]
+__all__ = ["ContentOnly", "LiverSegmenter", "load_drl_weights", "load_model", "ADAPTATIONS"]
 
 ADAPTATIONS = ("dadr", "none")  # content-only images (the paper) or the normalised image as it is
 
@@ -64,6 +67,8 @@ class LiverSegmenter(nn.Module):
         out_channels: output channels (background, liver), for the default UNet.
         unet: the 2D segmentation network on (content-only) slices, built by the config; ``None``:
             MONAI's ``UNet`` with channels (16, 32, 64, 128, 256) and 2 residual units.
+        ct_window, mr_percentiles: the intensity normalisation the weights are trained for,
+            recorded with them with ``image_size`` (``TrainedFor``); other values refuse to load.
         drl: DRLModule sizes (``dim``, ``n_down``, ``n_res``, ``style_dim``, ``mlp_dim``, ``norm``,
             ``shared_res``), used with ``adaptation="dadr"``.
 
@@ -71,7 +76,8 @@ class LiverSegmenter(nn.Module):
     """
 
     def __init__(self, image_size: int = 128, modality: str = "mr", adaptation: str = "dadr", in_channels: int = 1, out_channels: int = 2,
-                 unet: nn.Module | None = None, **drl) -> None:
+                 unet: nn.Module | None = None, ct_window: Sequence[float] = CT_WINDOW,
+                 mr_percentiles: Sequence[float] = MR_PERCENTILES, **drl) -> None:
         super().__init__()
         if adaptation not in ADAPTATIONS:
             raise ValueError(f"adaptation must be one of {ADAPTATIONS}, got {adaptation!r}")
@@ -80,6 +86,7 @@ class LiverSegmenter(nn.Module):
         self.content_path = ContentOnly(modality, in_channels, **drl) if adaptation == "dadr" else nn.Identity()
         self.content_path.requires_grad_(False).eval()
         self.unet = unet if unet is not None else UNet(2, in_channels, out_channels, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2)
+        self.trained_for = TrainedFor(image_size, ct_window, mr_percentiles)
 
     def train(self, mode: bool = True) -> "LiverSegmenter":
         super().train(mode)
@@ -110,7 +117,8 @@ class LiverSegmenter(nn.Module):
 def load_drl_weights(network: LiverSegmenter, drl_path: str | Path) -> LiverSegmenter:
     """Copy a trained DRLModule's content encoders and content-only generator into ``network``.
 
-    ``drl_path`` is the ``state_dict`` stage 1 writes (``configs/drl_train.yaml``, ``drl_path``).
+    ``drl_path`` is the ``state_dict`` stage 1 writes (``configs/drl_train.yaml``, ``drl_path``);
+    it must have been trained for the same image size and intensity normalisation as ``network``.
     A network without adaptation is returned as it is.
     """
     if not isinstance(network.content_path, ContentOnly):
@@ -118,7 +126,12 @@ def load_drl_weights(network: LiverSegmenter, drl_path: str | Path) -> LiverSegm
     path = Path(drl_path)
     if not path.is_file():
         raise DataError(path, "does not exist: train stage 1 first (configs/drl_train.yaml) or pass --drl_path")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = _read_state(path)
+    if "trained_for.values" in state:
+        recorded = TrainedFor.describe(state["trained_for.values"])
+        if recorded != TrainedFor.describe(network.trained_for.values):
+            raise DataError(path, f"was trained for {recorded}, but this configuration has {TrainedFor.describe(network.trained_for.values)}: "
+                                  "pass the same values to every stage")
     wanted = {k: v for k, v in state.items() if k.startswith("content_encoders.")}
     wanted |= {"generator." + k[len("generators.ct."):]: v for k, v in state.items() if k.startswith("generators.ct.")}
     try:
@@ -126,4 +139,34 @@ def load_drl_weights(network: LiverSegmenter, drl_path: str | Path) -> LiverSegm
     except RuntimeError as e:  # the last line names one mismatching tensor
         raise DataError(path, f"does not fit this configuration's DRLModule sizes (dim, n_res, shared_res...): "
                               f"{str(e).splitlines()[-1].strip()}") from e
+    return network
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    """A ``state_dict`` file, refused by name when unreadable or holding NaN/Inf weights (they would
+    give empty masks without any error)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a torch file, pickled objects
+        raise DataError(path, f"is not a readable weights file: {' '.join(str(e).split())[:300]}") from e
+    if not isinstance(state, dict):
+        raise DataError(path, f"holds a {type(state).__name__}, not a state_dict of weights")
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise DataError(path, f"has non-finite (NaN/Inf) weights in {len(bad)} tensors, e.g. {bad[0]}: retrain; these weights cannot segment")
+    return state
+
+
+def load_model(network: nn.Module, model_path: str | Path) -> nn.Module:
+    """Load ``model.pt`` into the inference network, naming the file when it does not fit: other
+    sizes, other image size or intensity normalisation (``TrainedFor``), non-finite weights."""
+    path = Path(model_path)
+    if not path.is_file():
+        raise DataError(path, "does not exist: train stage 2 first (configs/train.yaml) or pass --model_path")
+    state = _read_state(path)
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as e:
+        details = " ".join(str(e).split("\n", 1)[-1].split())
+        raise DataError(path, f"does not fit this configuration (network sizes, adaptation, image size or intensity settings): {details[:500]}") from e
     return network
