@@ -192,3 +192,43 @@ def test_a_sheared_affine_is_named_as_such_not_as_a_corrupt_file(tmp_path):
     with pytest.raises(DataError) as raised:
         read_image(path)
     assert "non-orthonormal orientation" in str(raised.value) and "corrupt" not in str(raised.value)
+
+
+def _fingerprint(folder: Path) -> dict:
+    return {p: (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*")) if not p.is_symlink()}
+
+
+def test_corpus_of_bad_scans_through_inference_and_preparation(phantoms, tmp_path):
+    """Each of 20+ broken scans: named with its problem in one line, exit code 2 (inference),
+    nothing written (no output, no temporary file), no input changed."""
+    import subprocess
+    import sys
+
+    import torch
+    from bad_inputs import make_corpus
+    from conftest import ROOT
+
+    from bundle.data.prepare import prepare_case
+    from bundle.errors import DataError
+    from bundle.networks import LiverSegmenter
+
+    corpus = make_corpus(phantoms / "mr/mr_002_t1_pre_image.nii.gz", tmp_path / "corpus")
+    assert len(corpus) >= 20
+    before = _fingerprint(tmp_path / "corpus")
+    torch.save(LiverSegmenter(64, adaptation="none").state_dict(), tmp_path / "model.pt")
+    result = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.yaml",
+                             "--dataset_dir", str(tmp_path / "corpus"), "--output_dir", str(tmp_path / "out"), "--model_path",
+                             str(tmp_path / "model.pt"), "--image_size", "64", "--adaptation", "none"],
+                            cwd=ROOT, capture_output=True, text=True)
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and last.startswith(f"error: {tmp_path / 'corpus'}: {len(corpus)} of {len(corpus)} cases failed"), last
+    for kind, (path, problem) in corpus.items():
+        assert f"{path}: " in last and problem in last.split(f"{path}: ", 1)[1].split("; ")[0], (kind, last)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    for kind, (path, problem) in corpus.items():
+        out = tmp_path / "prepared" / kind
+        with pytest.raises(DataError) as raised:
+            prepare_case(path, phantoms / "mr/mr_002_liver.nii.gz", out, "case")
+        assert str(raised.value).startswith(f"{path}: ") and problem in str(raised.value), (kind, str(raised.value))
+        assert not out.exists() or not any(out.iterdir())
+    assert _fingerprint(tmp_path / "corpus") == before

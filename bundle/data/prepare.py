@@ -16,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from bundle.atomic import atomic_outputs, check_writable_dir
+from bundle.data.intensity import MR_PERCENTILES
 from bundle.data.readers import Volume, check_contrast, read_image, read_mask
 from bundle.errors import DataError
 
@@ -139,7 +140,7 @@ def prepare_case(image: str | Path, mask: str | Path, out: str | Path, name: str
         if target.resolve() in inputs:
             raise DataError(target, "is an input of this command and would be overwritten; choose another --out or --name")
     volume = read_image(image)
-    check_contrast(sitk.GetArrayViewFromImage(volume.image), volume.path)
+    check_contrast(sitk.GetArrayViewFromImage(volume.image), volume.path, MR_PERCENTILES)  # any scan has that much range
     liver = align_mask(read_mask(mask, volume), volume, mask, liver_label)
     out = check_writable_dir(out)
     targets = [out / f"{name}{IMAGE_SUFFIX}", out / f"{name}{LIVER_SUFFIX}"]
