@@ -13,18 +13,16 @@ import torch
 
 from bundle.atomic import atomic_outputs
 from bundle.errors import DataError
+from bundle.networks.segmenter import read_weights
 
 __all__ = ["ship_weights"]
 
 
 def _half(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as e:
-        raise DataError(path, f"is not a readable state dict: {e}") from e
-    if not isinstance(state, dict):
-        raise DataError(path, f"holds a {type(state).__name__}, not a state dict")
-    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    half = {k: v.half() if v.is_floating_point() else v for k, v in read_weights(path).items()}
+    if overflow := [k for k, v in half.items() if v.is_floating_point() and not torch.isfinite(v).all()]:
+        raise DataError(path, f"has weights beyond float16's range in {len(overflow)} tensors, e.g. {overflow[0]}: ship it in float32")
+    return half
 
 
 def ship_weights(model: str | Path, drl: str | Path, out: str | Path = "models", max_mb: float = 40.0) -> dict[str, float]:

@@ -21,7 +21,7 @@ from bundle.networks.generator import Generator
 from bundle.networks.geometry import from_square, to_square
 from bundle.networks.trained_for import TrainedFor
 
-__all__ = ["ContentOnly", "LiverSegmenter", "load_drl_weights", "load_model", "ADAPTATIONS"]
+__all__ = ["ContentOnly", "LiverSegmenter", "load_drl_weights", "load_model", "read_weights", "ADAPTATIONS"]
 
 ADAPTATIONS = ("dadr", "none")  # content-only images (the paper) or the normalised image as it is
 
@@ -126,7 +126,7 @@ def load_drl_weights(network: LiverSegmenter, drl_path: str | Path) -> LiverSegm
     path = Path(drl_path)
     if not path.is_file():
         raise DataError(path, "does not exist: train stage 1 first (configs/drl_train.yaml) or pass --drl_path")
-    state = _read_state(path)
+    state = read_weights(path)
     if "trained_for.values" in state:
         recorded = TrainedFor.describe(state["trained_for.values"])
         if recorded != TrainedFor.describe(network.trained_for.values):
@@ -142,7 +142,7 @@ def load_drl_weights(network: LiverSegmenter, drl_path: str | Path) -> LiverSegm
     return network
 
 
-def _read_state(path: Path) -> dict[str, torch.Tensor]:
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """A ``state_dict`` file, refused by name when unreadable or holding NaN/Inf weights (they would
     give empty masks without any error)."""
     try:
@@ -163,7 +163,7 @@ def load_model(network: nn.Module, model_path: str | Path) -> nn.Module:
     path = Path(model_path)
     if not path.is_file():
         raise DataError(path, "does not exist: train stage 2 first (configs/train.yaml) or pass --model_path")
-    state = _read_state(path)
+    state = read_weights(path)
     try:
         network.load_state_dict(state)
     except RuntimeError as e:
