@@ -18,7 +18,7 @@ import torch
 from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance
 
 from bundle.atomic import atomic_outputs
-from bundle.data.readers import read_image
+from bundle.data.readers import case_name, read_image
 from bundle.data.slices import read_datalist
 from bundle.errors import DataError
 from bundle.inference import SegmentVolumes
@@ -75,17 +75,18 @@ class EvaluateVolumes:
         entries = read_datalist(self.datalist, self.section)
         if missing := [e["image"] for e in entries if "label" not in e]:
             raise DataError(self.datalist, f"section {self.section!r} has no label for {missing[0]} (and {len(missing) - 1} more)")
-        self.segmenter.output_dir = self.output_dir
         self.output_dir.mkdir(parents=True, exist_ok=True)
         rows = []
         for entry in entries:
-            mask_path, _ = self.segmenter.segment(Path(entry["image"]))
-            pred = sitk.ReadImage(str(mask_path))
+            image = Path(entry["image"])
+            mask, content, affine = self.segmenter.predict(image)  # scored in memory, written for inspection
+            self.segmenter.write(case_name(image), mask, content, affine, self.output_dir)
             label = read_image(entry["label"]).image
-            if pred.GetSize() != label.GetSize():
-                raise DataError(entry["label"], f"is {label.GetSize()} voxels but its image {entry['image']} is {pred.GetSize()}")
-            row = {"subject": entry.get("subject", Path(entry["image"]).name), "image": entry["image"]}
-            row |= surface_metrics(sitk.GetArrayFromImage(pred) > 0, sitk.GetArrayFromImage(label) > 0, label.GetSpacing()[::-1])
+            truth = sitk.GetArrayViewFromImage(label).transpose(2, 1, 0) > 0  # (x, y, z), as the prediction
+            if mask.shape != truth.shape:
+                raise DataError(entry["label"], f"is {truth.shape} voxels but its image {entry['image']} is {mask.shape}")
+            row = {"subject": entry.get("subject", image.name), "image": entry["image"]}
+            row |= surface_metrics(mask > 0, truth, label.GetSpacing())
             logger.info("%s: Dice %.3f, HD95 %.1f mm, ASSD %.1f mm", row["subject"], row["dice"], row["hd95_mm"], row["assd_mm"])
             rows.append(row)
         result = {"datalist": str(self.datalist), "section": self.section, "subjects": rows, "summary": summarise(rows)}

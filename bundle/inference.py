@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from bundle.atomic import atomic_outputs, check_writable_dir
-from bundle.data.readers import IMAGE_SUFFIXES, case_name, read_image
-from bundle.errors import DataError
+from bundle.data.readers import IMAGE_SUFFIXES, case_name
+from bundle.errors import DataError, unwrap_data_error
 from bundle.networks.segmenter import LiverSegmenter
 
 __all__ = ["find_volumes", "SegmentVolumes", "OUTPUT_SUFFIXES"]
@@ -80,12 +80,11 @@ class SegmentVolumes:
         self.dataset_dir, self.output_dir, self.device = Path(dataset_dir), Path(output_dir), torch.device(device)
 
     @torch.no_grad()
-    def segment(self, path: Path) -> tuple[Path, Path]:
-        """Segment one volume; returns the paths of its mask and content-only image."""
-        name = case_name(path)
-        outputs = [self.output_dir / f"{name}{suffix}.nii.gz" for suffix in OUTPUT_SUFFIXES]
-        # Validate first: MONAI's LoadImage falls back to its other readers when ours rejects a file.
-        read_image(path)
+    def predict(self, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(liver mask uint8, content-only image float32, affine) of one volume, on its own grid.
+
+        The volume is read once, by the preprocessing's loader, which validates it.
+        """
         data = self.preprocessing({"image": str(path)})
         self.network.eval()
         image = data["image"].to(self.device)[None]
@@ -93,14 +92,22 @@ class SegmentVolumes:
         data["pred"], data["content"] = logits[0].cpu(), content[0].cpu()
         data = self.postprocessing(data)
         mask = np.asarray(data["pred"][0], dtype=np.uint8)
-        affine = np.asarray(data["pred"].affine, dtype=np.float64)
+        return mask, np.asarray(data["content"][0], dtype=np.float32), np.asarray(data["pred"].affine, dtype=np.float64)
+
+    def write(self, name: str, mask: np.ndarray, content: np.ndarray, affine: np.ndarray, output_dir: Path) -> tuple[Path, Path]:
+        """Write ``<name>_liver.nii.gz`` and ``<name>_content.nii.gz`` to ``output_dir``, both or neither."""
+        outputs = [output_dir / f"{name}{suffix}.nii.gz" for suffix in OUTPUT_SUFFIXES]
         for output in outputs:  # what a run killed while writing this case left behind
-            for stale in self.output_dir.glob(f".tmp-????????-{output.name}"):
+            for stale in output_dir.glob(f".tmp-????????-{output.name}"):
                 stale.unlink(missing_ok=True)
         with atomic_outputs(outputs) as (tmp_mask, tmp_content):
             _write_nifti(mask, affine, tmp_mask)
-            _write_nifti(np.asarray(data["content"][0], dtype=np.float32), affine, tmp_content)
+            _write_nifti(content, affine, tmp_content)
         return outputs[0], outputs[1]
+
+    def segment(self, path: Path) -> tuple[Path, Path]:
+        """Segment one volume into ``output_dir``; returns the paths of its mask and content-only image."""
+        return self.write(case_name(path), *self.predict(path), self.output_dir)
 
     def _check_outputs(self, cases: list[Path]) -> None:
         """Before any work: no two cases write the same files (``a.nii`` and ``a.nii.gz``), and
@@ -126,15 +133,14 @@ class SegmentVolumes:
             start = time.perf_counter()
             try:
                 mask, _ = self.segment(path)
-            except DataError as e:
-                logger.error("%s", e)
-                failed.append(str(e))
-                continue
-            except Exception as e:  # any other failure is this case's, not the folder's
-                while e.__cause__ is not None:  # MONAI wraps errors in "applying transform ..."
-                    e = e.__cause__
-                logger.error("%s: %s", path, e)
-                failed.append(f"{path}: {e}")
+            except Exception as e:  # any failure is this case's, not the folder's
+                error = unwrap_data_error(e)  # MONAI wraps our reader's DataError in "applying transform ..."
+                if not isinstance(error, DataError):
+                    while error.__cause__ is not None:
+                        error = error.__cause__
+                message = str(error) if isinstance(error, DataError) else f"{path}: {error}"
+                logger.error("%s", message)
+                failed.append(message)
                 continue
             done[case_name(path)] = str(mask)
             logger.info("%s -> %s (%.1f s)", path.name, mask, time.perf_counter() - start)
