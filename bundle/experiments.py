@@ -137,7 +137,7 @@ def _fold_datalist(ct: list[dict], mr: list[dict], ct_test: list[str], mr_test: 
         sections[name], sections[f"{name}_val"] = split(entries, val)
     mr_train = sections.pop("target")
     return {"source": sections["source"], "source_val": sections["source_val"], "source_test": ct_held,
-            "target": [{k: v for k, v in e.items() if k != "label"} for e in mr_train],
+            "target": [{k: v for k, v in e.items() if k not in ("label", "organs")} for e in mr_train],  # unlabelled
             "target_labelled": mr_train, "target_val": sections["target_val"], "target_test": mr_held}
 
 
@@ -156,7 +156,8 @@ def _trained(model_dir: Path) -> bool:
 def _stage2_overrides(model: str, settings: dict, sections: dict) -> dict:
     """configs/train.yaml overrides of ``model`` under the run's settings (amp, epoch length, and
     validation on the fold's validation subjects of the training modality, where it has any)."""
-    overrides = dict(MODELS[model][0], amp=settings["amp"], iterations_per_epoch=settings["iterations_per_epoch"])
+    overrides = dict(MODELS[model][0], amp=settings["amp"], iterations_per_epoch=settings["iterations_per_epoch"],
+                     label_key="organs" if settings["organs"] else "label")
     modality = overrides["train_modality"]
     val_section = "source_val" if modality == "ct" else "target_val"
     if sections.get(val_section):
@@ -173,7 +174,7 @@ def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[d
     datalist = fold_dir / "datalist.json"
     sections = json.loads(datalist.read_text())
     sizes = {"image_size": settings["image_size"], "dim": settings["dim"], "unet_channels": settings["unet_channels"],
-             "context_slices": settings["context_slices"]}
+             "context_slices": settings["context_slices"], "out_channels": 5 if settings["organs"] else 2}
     drl, cyclegan = fold_dir / "drl" / "drl.pt", fold_dir / "cyclegan" / "cyclegan.pt"
     adaptations = {MODELS[m][0]["adaptation"] for m in models}
     gan_sizes = {k: sizes[k] for k in ("image_size", "dim")}
@@ -284,7 +285,7 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
                     drl_iterations: int = 20000, cyclegan_iterations: int = 20000, seg_epochs: int = 30, seed: int = 0, figures: bool = True,
                     split_source: bool = True, experiments: str | list[str] = "da", ct_folds: int | None = None, val_subjects: int = 0,
                     amp: str | None = None, iterations_per_epoch: int | None = None, unet_channels: list[int] | None = None,
-                    context_slices: int = 0) -> dict:
+                    context_slices: int = 0, organs: bool = False) -> dict:
     """Run the experiments under ``out``; writes ``results.csv``, ``results.json`` and ``results.md``.
 
     Args:
@@ -315,9 +316,11 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
             that ``seg_epochs`` means the same compute for small and large training sets.
         unet_channels: the segmentation UNet's channels per level (default: train.yaml's).
         context_slices: adjacent slices on each side as extra UNet input channels (2.5D), or 0.
+        organs: train the UNets on the organ maps (liver, kidneys, spleen: the datalists' ``organs``)
+            instead of the liver masks; every model still outputs and is scored on the liver.
     """
     out = Path(out)
-    figures, split_source = flag(figures, "figures"), flag(split_source, "split_source")
+    figures, split_source, organs = flag(figures, "figures"), flag(split_source, "split_source"), flag(organs, "organs")
     names = [e.strip() for e in (experiments.split(",") if isinstance(experiments, str) else experiments)]
     if unknown := [e for e in names if e not in EXPERIMENTS or e == "multiphase"]:
         raise ValueError(f"--experiments: unknown {unknown}; choose from {[e for e in EXPERIMENTS if e != 'multiphase']}")
@@ -329,7 +332,7 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
                 "multiphase_datalist": None if multiphase_datalist is None else str(multiphase_datalist),
                 "experiments": names, "ct_folds": ct_folds, "val_subjects": val_subjects, "amp": amp,
                 "iterations_per_epoch": iterations_per_epoch, "unet_channels": list(unet_channels or [16, 32, 64, 128, 256]),
-                "context_slices": context_slices}
+                "context_slices": context_slices, "organs": organs}
     ct = _labelled(datalist, ("source",), "ct")
     targets = {e: _labelled(datalist, LABELLED_MR_SECTIONS, "mr") for e in names}
     if multiphase_datalist is not None:

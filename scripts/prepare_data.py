@@ -1,6 +1,6 @@
 """Prepare real scans for the pipeline: NIfTI image + binary liver mask on its grid, and a datalist.
 
-    python scripts/prepare_data.py case --image IMG --mask MASK --out DIR --name NAME [--liver_label K]
+    python scripts/prepare_data.py case --image IMG --mask MASK --out DIR --name NAME [--liver_label K] [--organs right_kidney=2,left_kidney=3,spleen=4]
     python scripts/prepare_data.py chaos --root ROOT --out DIR
     python scripts/prepare_data.py datalist --source DIR[,DIR...] --target DIR [--target_test DIR] --out FILE
 """
@@ -18,9 +18,10 @@ from bundle.data import prepare  # noqa: E402
 class PrepareData:
     """Data preparation commands (see ``bundle/data/prepare.py``)."""
 
-    def case(self, image: str, mask: str, out: str, name: str, liver_label: int | None = None) -> None:
-        """One scan: IMG (NIfTI/NRRD/MHA file or DICOM folder) + MASK (file, DICOM folder or PNG folder)."""
-        print(json.dumps(prepare.prepare_case(image, mask, out, name, liver_label)))
+    def case(self, image: str, mask: str, out: str, name: str, liver_label: int | None = None, organs: str | None = None) -> None:
+        """One scan: IMG (NIfTI/NRRD/MHA file or DICOM folder) + MASK (file, DICOM folder or PNG folder);
+        --organs: the kidneys' and spleen's ids in a multi-class MASK, for the organ map NAME_organs.nii.gz."""
+        print(json.dumps(prepare.prepare_case(image, mask, out, name, liver_label, organs)))
 
     def chaos(self, root: str, out: str) -> None:
         """Every case of a CHAOS training-set folder (CT/<id>, MR/<id>/T1DUAL|T2SPIR)."""

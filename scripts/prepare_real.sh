@@ -6,6 +6,8 @@
 # OUT/mr_t2: CHAOS T2-SPIR MR target (its labels serve evaluation only); OUT/extra: scans that
 # duplicate a subject or whose masks are model predictions (TotalSegmentator MR), prepared to
 # show the formats work.
+# SABS and CHAOS T2 also get an organ map (NAME_organs.nii.gz: liver, kidneys, spleen; the
+# datalists' "organs" key) for multi-organ training (train.yaml --label_key organs).
 # Datalists: OUT/datalist.json (source: every labelled CT) and OUT/datalist_sabs.json (source:
 # SABS only, the CT source of the CT -> CHAOS T2 literature); both target the 10 CHAOS T2 patients.
 set -euo pipefail
@@ -21,11 +23,13 @@ prep --image "$REAL/dcmqi_ct3" --mask "$REAL/dcmqi_ct3/liver_seg.nrrd" --out "$O
 prep --image "$REAL/totalseg/example_ct_sm.nii.gz" --mask "$REAL/totalseg/example_seg.nii.gz" --liver_label 5 --out "$OUT/extra" --name totalseg_ct_sm
 prep --image "$REAL/totalseg/example_mr_sm.nii.gz" --mask "$REAL/totalseg/example_seg_mr.nii.gz" --liver_label 5 --out "$OUT/extra" --name totalseg_mr_sm
 for id in ${SABS_IDS:-$(seq 0 29)}; do
-  prep --image "$REAL/sabs_ct/image_$id.nii.gz" --mask "$REAL/sabs_ct/label_$id.nii.gz" --liver_label 6 --out "$OUT/sabs_ct" --name "sabs_ct_$id"
+  prep --image "$REAL/sabs_ct/image_$id.nii.gz" --mask "$REAL/sabs_ct/label_$id.nii.gz" --liver_label 6 \
+    --organs right_kidney=2,left_kidney=3,spleen=1 --out "$OUT/sabs_ct" --name "sabs_ct_$id"
 done
 for image in "$REAL"/chaos_mr_t2/image_*.nii.gz; do
   id=$(basename "$image" .nii.gz); id=${id#image_}
-  prep --image "$image" --mask "$REAL/chaos_mr_t2/label_$id.nii.gz" --liver_label 1 --out "$OUT/mr_t2" --name "chaos_mr_t2_$id"
+  prep --image "$image" --mask "$REAL/chaos_mr_t2/label_$id.nii.gz" --liver_label 1 \
+    --organs right_kidney=2,left_kidney=3,spleen=4 --out "$OUT/mr_t2" --name "chaos_mr_t2_$id"
 done
 "$PY" scripts/prepare_data.py datalist --source "$OUT/sabs_ct,$OUT/ct" --target "$OUT/mr_t2" --target_test "$OUT/mr_t2" --out "$OUT/datalist.json"
 "$PY" scripts/prepare_data.py datalist --source "$OUT/sabs_ct" --target "$OUT/mr_t2" --target_test "$OUT/mr_t2" --out "$OUT/datalist_sabs.json"

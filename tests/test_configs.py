@@ -56,5 +56,5 @@ def test_network_and_preprocessing_sizes_are_the_same_in_every_config():
     for key in shared:
         values = {name: p[key] for name, p in configs.items()}
         assert len({str(v) for v in values.values()}) == 1, (key, values)
-    for key in ("unet_channels", "context_slices"):
+    for key in ("unet_channels", "context_slices", "out_channels"):
         assert configs["train.yaml"][key] == configs["inference.yaml"][key], key

@@ -325,3 +325,29 @@ def test_weights_refuse_another_image_size_or_intensity_setting_and_non_finite_v
     result = infer(tmp_path / "nan.pt", "--image_size", "64")
     assert result.returncode == 2 and f"error: {tmp_path / 'nan.pt'}: has non-finite (NaN/Inf) weights" in result.stderr
     assert not list((tmp_path / "out").glob("*_liver.nii.gz")) if (tmp_path / "out").exists() else True
+
+
+def test_multi_organ_training_still_writes_a_liver_mask(phantoms, tmp_path):
+    """--organs in preparation writes the organ map; a UNet trained on it (5 classes, validated on
+    it) gives inference a liver-only 0/1 mask; entries without an organ map are named."""
+    from bundle.data.prepare import make_datalist, prepare_case
+
+    for kind, subject, image in (("ct", "ct_000", "ct_000_image"), ("ct", "ct_001", "ct_001_image"), ("mr", "mr_002", "mr_002_t2_image")):
+        summary = prepare_case(phantoms / kind / f"{image}.nii.gz", phantoms / kind / f"{subject}_labels.nii.gz", tmp_path / kind, subject,
+                               liver_label=1, organs="right_kidney=3,left_kidney=4,spleen=2")
+        organs = np.asarray(nib.load(tmp_path / kind / f"{subject}_organs.nii.gz").dataobj)
+        liver = np.asarray(nib.load(tmp_path / kind / f"{subject}_liver.nii.gz").dataobj)
+        assert set(np.unique(organs)) == {0, 1, 2, 3, 4} and np.array_equal(organs == 1, liver == 1), summary
+    datalist = make_datalist(tmp_path / "ct", tmp_path / "mr", tmp_path / "datalist.json", tmp_path / "mr")
+    assert all("organs" in e for e in datalist["source"] + datalist["target_test"])
+    slices = AdaptedSlices(read_datalist(tmp_path / "datalist.json", "source"), LiverSegmenter(64, adaptation="none"), label_key="organs")
+    assert set(slices.labels.unique().tolist()) == {0.0, 1.0, 2.0, 3.0, 4.0}
+    with pytest.raises(DataError, match="has no 'organs' label map"):
+        AdaptedSlices(read_datalist(phantoms / "datalist.json", "source"), LiverSegmenter(64, adaptation="none"), label_key="organs")
+    sizes = {"image_size": 64, "out_channels": 5, "unet_channels": [8, 16, 32, 64, 128], "adaptation": "none"}
+    run_bundle("training", config_file=str(ROOT / "configs/train.yaml"), dataset_dir=str(tmp_path), ckpt_dir=str(tmp_path / "models"),
+               output_dir=str(tmp_path / "run"), max_epochs=2, label_key="organs", val_section="target_test", val_interval=1, **sizes)
+    run_bundle("inference", config_file=str(ROOT / "configs/inference.yaml"), dataset_dir=str(tmp_path / "mr"), modality="mr",
+               output_dir=str(tmp_path / "out"), model_path=str(tmp_path / "models/model.pt"), **sizes)
+    mask = np.asarray(nib.load(tmp_path / "out/mr_002_image_liver.nii.gz").dataobj)
+    assert set(np.unique(mask)) <= {0, 1}

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from bundle.data.slices import volume_slices
+from bundle.errors import DataError
 from bundle.networks.segmenter import ContentOnly, LiverSegmenter
 
 __all__ = ["AdaptedSlices"]
@@ -32,11 +33,18 @@ class AdaptedSlices(Dataset):
         transform: dict transform applied to every item (augmentation), or ``None``.
         translator: a frozen CT-to-MR generator (DACGAN baseline) applied to the CT slices first, or ``None``.
         batch_size: slices per forward pass.
+        label_key: the entries' key of the label map to train on: ``label`` (the liver mask) or
+            ``organs`` (the organ map of ``prepare_data.py case --organs``: liver, kidneys, spleen).
         preprocessing: ``ct_window``, ``mr_percentiles`` and ``context_slices`` of ``volume_slices``.
     """
 
     def __init__(self, data: list[dict], network: LiverSegmenter, modality: str = "ct",
-                 transform: Callable | None = None, translator: nn.Module | None = None, batch_size: int = 32, **preprocessing) -> None:
+                 transform: Callable | None = None, translator: nn.Module | None = None, batch_size: int = 32, label_key: str = "label",
+                 **preprocessing) -> None:
+        if missing := [e["image"] for e in data if label_key not in e]:
+            raise DataError(missing[0], f"has no {label_key!r} label map in the datalist ({len(missing)} such entries)"
+                                        + ("; make organ maps with prepare_data.py case --organs" if label_key == "organs" else ""))
+        data = [{**e, "label": e[label_key]} for e in data]
         images, labels = [], []
         for mod in ("ct", "mr"):
             entries = [e for e in data if e.get("modality", modality) == mod]

@@ -20,12 +20,16 @@ from bundle.data.intensity import MR_PERCENTILES
 from bundle.data.readers import Volume, check_contrast, read_image, read_mask
 from bundle.errors import DataError
 
-__all__ = ["align_mask", "liver_stats", "prepare_case", "prepare_chaos", "make_datalist", "chaos_cases"]
+__all__ = ["align_mask", "liver_stats", "prepare_case", "prepare_chaos", "make_datalist", "chaos_cases", "ORGANS", "parse_organs"]
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIX = "_image.nii.gz"
 LIVER_SUFFIX = "_liver.nii.gz"
+ORGANS_SUFFIX = "_organs.nii.gz"
+# The organ map's classes (CHAOS's abdominal labels): training on them teaches the UNet what the
+# liver is not (the right kidney and the spleen are what a liver-only model confuses it with).
+ORGANS = ("liver", "right_kidney", "left_kidney", "spleen")
 # CHAOS Ground PNGs: CT masks are liver-only (255); MR masks code liver as 63 (kidneys 126/189, spleen 252).
 CHAOS_CT_LIVER = 255
 CHAOS_MR_LIVER = 63
@@ -91,6 +95,35 @@ def align_mask(mask: sitk.Image, image: Volume, mask_path: str | Path, liver_lab
     return aligned
 
 
+def parse_organs(text: str | dict | None) -> dict[str, int]:
+    """``"right_kidney=2,left_kidney=3,spleen=4"`` (the other organs' ids in a multi-class mask) -> dict."""
+    if text is None or isinstance(text, dict):
+        return dict(text or {})
+    organs = {}
+    for part in str(text).split(","):
+        name, _, value = part.partition("=")
+        if name.strip() not in ORGANS[1:] or not value.strip().isdigit():
+            raise DataError("--organs", f"expected NAME=ID pairs with NAME in {', '.join(ORGANS[1:])}, got {part!r}")
+        organs[name.strip()] = int(value)
+    return organs
+
+
+def organ_map(mask: sitk.Image, image: Volume, mask_path: str | Path, liver_label: int | None, organs: dict[str, int]) -> sitk.Image:
+    """The organ map (uint8: 0 background, then ``ORGANS`` in order from 1) on ``image``'s grid."""
+    values = sitk.GetArrayViewFromImage(mask)
+    present = set(np.unique(values).tolist())
+    if missing := {name: v for name, v in organs.items() if v not in present}:
+        raise DataError(mask_path, f"has no voxels for {missing} (labels present: {sorted(present)})")
+    classes = np.zeros(values.shape, dtype=np.uint8)
+    for index, name in enumerate(ORGANS, start=1):
+        value = _liver_value(np.unique(values), liver_label, Path(mask_path)) if name == "liver" else organs.get(name)
+        if value is not None:
+            classes[values == value] = index
+    mapped = sitk.GetImageFromArray(classes)
+    mapped.CopyInformation(mask)
+    return sitk.Resample(mapped, image.image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+
+
 def liver_stats(image: sitk.Image, liver: sitk.Image) -> dict:
     """Physical facts that tell a correct mask from a misaligned one.
 
@@ -127,27 +160,35 @@ def _storage_type(image: sitk.Image) -> sitk.Image:
     return sitk.Cast(image, sitk.sitkFloat32)
 
 
-def prepare_case(image: str | Path, mask: str | Path, out: str | Path, name: str, liver_label: int | None = None) -> dict:
-    """Write ``out/NAME_image.nii.gz`` and ``out/NAME_liver.nii.gz`` (uint8 0/1) on the image's grid.
+def prepare_case(image: str | Path, mask: str | Path, out: str | Path, name: str, liver_label: int | None = None,
+                 organs: str | dict | None = None) -> dict:
+    """Write ``out/NAME_image.nii.gz`` and ``out/NAME_liver.nii.gz`` (uint8 0/1) on the image's grid,
+    and with ``organs`` (the other organs' ids in a multi-class mask, ``"right_kidney=2,..."``) the
+    organ map ``out/NAME_organs.nii.gz`` (``ORGANS``, from 1).
 
-    Both files appear together or not at all. Returns the ``liver_stats`` of the result.
+    All files appear together or not at all. Returns the ``liver_stats`` of the result.
     """
+    organs = parse_organs(organs)
     if not name or os.sep in name or name.startswith("."):
         raise DataError(name or "<empty name>", "is not a usable case name")
     out_dir = Path(out)
     inputs = {Path(p).resolve() for p in (image, mask)}
-    for target in (out_dir / f"{name}{IMAGE_SUFFIX}", out_dir / f"{name}{LIVER_SUFFIX}"):
+    suffixes = [IMAGE_SUFFIX, LIVER_SUFFIX] + ([ORGANS_SUFFIX] if organs else [])
+    for target in (out_dir / f"{name}{suffix}" for suffix in suffixes):
         if target.resolve() in inputs:
             raise DataError(target, "is an input of this command and would be overwritten; choose another --out or --name")
     volume = read_image(image)
     check_contrast(sitk.GetArrayViewFromImage(volume.image), volume.path, MR_PERCENTILES)  # any scan has that much range
-    liver = align_mask(read_mask(mask, volume), volume, mask, liver_label)
+    labels = read_mask(mask, volume)
+    liver = align_mask(labels, volume, mask, liver_label)
+    maps = [organ_map(labels, volume, mask, liver_label, organs)] if organs else []
     out = check_writable_dir(out)
-    targets = [out / f"{name}{IMAGE_SUFFIX}", out / f"{name}{LIVER_SUFFIX}"]
+    targets = [out / f"{name}{suffix}" for suffix in suffixes]
     try:
-        with atomic_outputs(targets) as (tmp_image, tmp_liver):
-            sitk.WriteImage(_storage_type(volume.image), str(tmp_image), useCompression=True)
-            sitk.WriteImage(liver, str(tmp_liver), useCompression=True)
+        with atomic_outputs(targets) as temps:
+            sitk.WriteImage(_storage_type(volume.image), str(temps[0]), useCompression=True)
+            for data, tmp in zip([liver, *maps], temps[1:]):
+                sitk.WriteImage(data, str(tmp), useCompression=True)
     except (OSError, RuntimeError) as e:
         raise DataError(out, f"cannot write the prepared case {name}: {e}") from e
     stats = liver_stats(volume.image, liver)
@@ -210,6 +251,8 @@ def _cases(folder: Path, labelled: bool, out_dir: Path) -> list[dict]:
             if not liver.exists():
                 raise DataError(liver, f"is missing: the labelled image {image.name} needs its liver mask")
             entry["label"] = os.path.relpath(liver, out_dir)
+            if (organs := folder / f"{subject}{ORGANS_SUFFIX}").exists():
+                entry["organs"] = os.path.relpath(organs, out_dir)
         entry["subject"] = subject
         entries.append(entry)
     return entries

@@ -47,7 +47,7 @@ def read_datalist(path: str | Path, section: str) -> list[dict]:
     if section not in datalist or not datalist[section]:
         raise DataError(path, f"has no entries in section {section!r} (sections: {sorted(datalist)})")
     base = path.parent
-    return [{**e, **{k: str(base / e[k]) for k in ("image", "label") if k in e}} for e in datalist[section]]
+    return [{**e, **{k: str(base / e[k]) for k in ("image", "label", "organs") if k in e}} for e in datalist[section]]
 
 
 def ensure_datalist(path: str | Path, n_ct: int = 8, n_mr: int = 8, size: int = 128, seed: int = 0) -> str:
@@ -171,8 +171,8 @@ def volume_slices(entries: list[dict], modality: str, image_size: int, with_labe
                   context_slices: int = 0) -> dict[str, torch.Tensor]:
     """All usable axial slices of the volumes ``entries`` (dicts with ``image`` [and ``label``] paths).
 
-    Returns ``{"image": (N,C,S,S), "subject": (N,) index into entries}`` (C = 1 + 2 * ``context_slices``) and ``"label"`` (N,1,S,S, 0/1)
-    when ``with_label``. Slices where less than ``min_foreground`` of the pixels are above the
+    Returns ``{"image": (N,C,S,S), "subject": (N,) index into entries}`` (C = 1 + 2 * ``context_slices``) and ``"label"`` (N,1,S,S,
+    the label map's class ids: 0/1 for a liver mask) when ``with_label``. Slices where less than ``min_foreground`` of the pixels are above the
     background (-1) are dropped: they teach nothing about anatomy. ``source`` names the entries'
     origin in errors; ``ct_window``, ``mr_percentiles`` and ``context_slices`` as in :func:`volume_transform`.
     """
@@ -192,7 +192,7 @@ def volume_slices(entries: list[dict], modality: str, image_size: int, with_labe
         images.append(image[keep])
         subjects.append(torch.full((int(keep.sum()),), i))
         if with_label:
-            labels.append((_to_slices(item["label"], image_size, "nearest", 0.0)[keep] > 0.5).float())
+            labels.append(_to_slices(item["label"], image_size, "nearest", 0.0)[keep].round())
     out = {"image": _plain_cat(images), "subject": torch.cat(subjects)}
     if with_label:
         out["label"] = _plain_cat(labels)
