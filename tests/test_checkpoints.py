@@ -79,3 +79,21 @@ def test_keep_checkpoints_holds_across_restarts_and_a_damaged_latest_falls_back(
     engine.add_event_handler(Events.STARTED, lambda e: seen.append(e.state.iteration))  # after the resume
     engine.run([0], max_epochs=6)
     assert seen[-1] == 4 and f"{latest}: cannot be read" in caplog.text
+
+
+def test_an_epoch_is_checkpointed_only_after_its_validation(tmp_path):
+    """A run killed while validating must redo that epoch's validation when it resumes."""
+    layer = torch.nn.Linear(2, 2)
+    engine = Engine(lambda e, b: None)
+    validated = []
+
+    def validate(e):
+        if e.state.epoch == 2:
+            raise KeyboardInterrupt  # killed while validating epoch 2
+        validated.append(e.state.epoch)
+
+    AtomicCheckpoint(str(tmp_path), {"layer": layer}, n_saved=5, prefix="v").attach(engine)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, validate)  # attached after, as the configs' handlers are
+    with pytest.raises(KeyboardInterrupt):
+        engine.run([0], max_epochs=3)
+    assert [p.name for p in checkpoints(tmp_path, "v")] == ["v_checkpoint_1.pt"] and validated == [1]
