@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +31,15 @@ def radiological(slices: torch.Tensor) -> torch.Tensor:
 
 
 class LossProgressBar(ProgressBar):
-    """ignite's progress bar showing the generator (G) and discriminator (D) losses, attachable by MONAI."""
+    """ignite's progress bar showing the generator (G) and discriminator (D) losses, attachable by MONAI.
+
+    Only on a terminal: written to a log file or a CI console, a bar redrawn at every iteration
+    makes megabytes of text; there the validation's one line per interval is the progress.
+    """
 
     def attach(self, engine: Engine) -> None:  # type: ignore[override]
-        super().attach(engine, output_transform=lambda out: {"G": out["losses"]["total"], "D": out["losses"]["adv_d"]})
+        if sys.stderr.isatty():
+            super().attach(engine, output_transform=lambda out: {"G": out["losses"]["total"], "D": out["losses"]["adv_d"]})
 
 
 class DRLValidation:
