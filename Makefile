@@ -13,12 +13,13 @@ REAL_OUT ?= data/real
 
 .PHONY: demo test verify real-data clean
 
-$(STAMP): requirements.txt requirements-monailabel.txt
+$(STAMP): requirements.txt requirements-monailabel.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $$(grep '^torch==' requirements.txt) $(TORCH_PIP_ARGS)
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps $$(grep '^monailabel==' requirements-monailabel.txt)
 	$(BIN)/python -m pip install --quiet $$(grep -v -e '^#' -e '^monailabel==' requirements-monailabel.txt) -c requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 demo: $(STAMP)

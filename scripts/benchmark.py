@@ -11,15 +11,11 @@ gflops=<achieved>``, ``inference s/volume=<median seconds per volume, read to wr
 or ``matmul gflops=<the machine's rate>``.
 """
 
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from bundle.benchmark import benchmark_drl, benchmark_inference, benchmark_matmul  # noqa: E402
-from bundle.cli import flag, run_cli  # noqa: E402
+from bundle.benchmark import benchmark_drl, benchmark_inference, benchmark_matmul
+from bundle.cli import flag, run_cli
 
 
 class Benchmark:

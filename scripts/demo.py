@@ -3,13 +3,9 @@
     python scripts/demo.py --out demo_output
 """
 
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bundle.cli import run_cli  # noqa: E402
-from bundle.demo import run_demo  # noqa: E402
+from bundle.cli import run_cli
+from bundle.demo import run_demo
 
 
 def main(out: str = "demo_output", n_ct: int = 6, n_mr: int = 8, size: int = 96, seed: int = 0, drl_iterations: int = 1500,

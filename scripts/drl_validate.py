@@ -7,17 +7,13 @@ accuracy (folds hold out subjects; 0.5 = shared content space).
 """
 
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from bundle.cli import run_cli  # noqa: E402
-from bundle.data.slices import load_slices  # noqa: E402
-from bundle.handlers import DRLValidation  # noqa: E402
-from bundle.networks import DRLModule  # noqa: E402
+from bundle.cli import run_cli
+from bundle.data.slices import load_slices
+from bundle.handlers import DRLValidation
+from bundle.networks import DRLModule
 
 
 def main(drl: str, datalist: str, image_size: int = 256, dim: int = 64, n_down: int = 2, n_res: int = 4, shared_res: int = 0,

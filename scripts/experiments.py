@@ -7,13 +7,9 @@ Re-running with the same --out resumes: finished steps and folds are not recompu
 """
 
 import functools
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bundle.cli import run_cli  # noqa: E402
-from bundle.experiments import run_experiments  # noqa: E402
+from bundle.cli import run_cli
+from bundle.experiments import run_experiments
 
 
 @functools.wraps(run_experiments)

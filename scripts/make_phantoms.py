@@ -3,14 +3,11 @@
     python scripts/make_phantoms.py --out DIR --n_ct N --n_mr M --seed S [--size 128] [--figure PNG]
 """
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bundle.cli import run_cli  # noqa: E402
-from bundle.data.phantoms import MR_SEQUENCES, make_phantoms  # noqa: E402
-from bundle.figures import domain_shift_figure  # noqa: E402
+from bundle.cli import run_cli
+from bundle.data.phantoms import MR_SEQUENCES, make_phantoms
+from bundle.figures import domain_shift_figure
 
 
 def main(out: str, n_ct: int = 8, n_mr: int = 8, seed: int = 0, size: int = 128, n_mr_test: int | None = None, figure: str | None = None) -> None:

@@ -6,13 +6,9 @@
 """
 
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bundle.cli import run_cli  # noqa: E402
-from bundle.data import prepare  # noqa: E402
+from bundle.cli import run_cli
+from bundle.data import prepare
 
 
 class PrepareData:
