@@ -40,11 +40,11 @@ def test_kill_9_during_training_resumes_from_the_last_checkpoint(phantoms, tmp_p
     if stage == "stage1":
         folder, prefix, final = tmp_path / "run/checkpoints", "drl", tmp_path / "run/drl.pt"
         args = ("drl_train.yaml", tmp_path, "--dataset_dir", str(phantoms), "--output_dir", str(tmp_path / "run"),
-                "--drl_path", str(final), "--max_iterations", "400", "--val_interval", "5", *SMALL_DRL)
+                "--drl_path", str(final), "--max_iterations", "120", "--val_interval", "5", *SMALL_DRL)
     else:
         folder, prefix, final = tmp_path / "run/checkpoints", "seg", tmp_path / "models/model.pt"
         args = ("train.yaml", tmp_path, "--dataset_dir", str(phantoms), "--output_dir", str(tmp_path / "run"),
-                "--ckpt_dir", str(tmp_path / "models"), "--max_epochs", "40", *SMALL_SEG)
+                "--ckpt_dir", str(tmp_path / "models"), "--max_epochs", "12", *SMALL_SEG)
     kill_after_first_checkpoint(start(*args), folder, prefix)
     assert not final.exists()  # a killed run leaves no weights that look finished
     killed_at = int(checkpoints(folder, prefix)[-1].stem.rsplit("_", 1)[1])
