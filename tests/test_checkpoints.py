@@ -40,7 +40,7 @@ def test_kill_9_during_training_resumes_from_the_last_checkpoint(phantoms, tmp_p
     if stage == "stage1":
         folder, prefix, final = tmp_path / "run/checkpoints", "drl", tmp_path / "run/drl.pt"
         args = ("drl_train.yaml", tmp_path, "--dataset_dir", str(phantoms), "--output_dir", str(tmp_path / "run"),
-                "--drl_path", str(final), "--max_iterations", "120", "--val_interval", "5", *SMALL_DRL)
+                "--drl_path", str(final), "--max_iterations", "120", "--val_interval", "20", "--n_val_slices", "8", *SMALL_DRL)
     else:
         folder, prefix, final = tmp_path / "run/checkpoints", "seg", tmp_path / "models/model.pt"
         args = ("train.yaml", tmp_path, "--dataset_dir", str(phantoms), "--output_dir", str(tmp_path / "run"),
