@@ -215,7 +215,7 @@ def test_corpus_of_bad_scans_through_inference_and_preparation(phantoms, tmp_pat
     corpus = make_corpus(phantoms / "mr/mr_002_t1_pre_image.nii.gz", tmp_path / "corpus")
     assert len(corpus) >= 20
     before = _fingerprint(tmp_path / "corpus")
-    torch.save(LiverSegmenter(64, adaptation="none").state_dict(), tmp_path / "model.pt")
+    torch.save(LiverSegmenter(64).state_dict(), tmp_path / "model.pt")
     result = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.yaml",
                              "--dataset_dir", str(tmp_path / "corpus"), "--output_dir", str(tmp_path / "out"), "--model_path",
                              str(tmp_path / "model.pt"), "--image_size", "64", "--adaptation", "none"],

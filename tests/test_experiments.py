@@ -43,7 +43,7 @@ def test_cyclegan_bundle_run_and_dacgan_training_slices(phantoms, tmp_path):
     assert list((tmp_path / "cg" / "images").glob("cyclegan_*.png"))
     translator = load_translator(weights, dim=8, n_res=2)
     assert not any(p.requires_grad for p in translator.parameters())
-    network = LiverSegmenter(64, adaptation="none")
+    network = LiverSegmenter(64)
     ct = read_datalist(phantoms / "datalist.json", "source")
     plain, translated = AdaptedSlices(ct, network), AdaptedSlices(ct, network, translator=translator)
     assert len(plain) == len(translated) and torch.equal(plain.labels, translated.labels)

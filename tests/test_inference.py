@@ -21,12 +21,17 @@ from bundle.data.export import write_dicom_series
 from bundle.data.slices import AdjacentSlicesd, read_datalist
 from bundle.errors import DataError
 from bundle.evaluation import surface_metrics
-from bundle.networks import DRLModule, LiverSegmenter, load_drl_weights
+from bundle.networks import ContentOnly, DRLModule, LiverSegmenter, load_drl_weights
 from bundle.networks.geometry import from_square, to_square
 from conftest import ROOT
 
 SIZES = {"image_size": 64, "dim": 8, "n_res": 2, "mlp_dim": 32}
 NET = {k: v for k, v in SIZES.items() if k != "image_size"}
+
+
+def dadr(image_size: int, **kwargs) -> LiverSegmenter:
+    """The DADR inference network of the test sizes (as inference.yaml composes it)."""
+    return LiverSegmenter(image_size, ContentOnly("mr", **NET, shared_res=1), **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +40,7 @@ def weights(tmp_path_factory):
     folder = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)
     torch.save(DRLModule(**NET, shared_res=1, image_size=64).state_dict(), folder / "drl.pth")
-    network = load_drl_weights(LiverSegmenter(64, "mr", **NET, shared_res=1), folder / "drl.pth")
+    network = load_drl_weights(dadr(64), folder / "drl.pth")
     torch.save(network.state_dict(), folder / "model.pt")
     return folder
 
@@ -52,7 +57,7 @@ def test_geometry_round_trip_keeps_size_and_pads_with_background():
 def test_network_content_matches_drl_module_and_scripts(weights):
     drl = DRLModule(**NET, shared_res=1, image_size=64)
     drl.load_state_dict(torch.load(weights / "drl.pth", weights_only=True))
-    network = load_drl_weights(LiverSegmenter(64, "mr", **NET, shared_res=1), weights / "drl.pth").eval()
+    network = load_drl_weights(dadr(64), weights / "drl.pth").eval()
     x = torch.rand(2, 1, 64, 64) * 2 - 1
     with torch.no_grad():
         logits, content = network.segment_with_content(x)
@@ -66,13 +71,13 @@ def test_network_content_matches_drl_module_and_scripts(weights):
 
 def test_drl_weights_of_other_sizes_are_rejected_by_name(weights):
     with pytest.raises(DataError, match="drl.pth.*does not fit"):
-        load_drl_weights(LiverSegmenter(64, "mr", dim=16, n_res=2, mlp_dim=32, shared_res=1), weights / "drl.pth")
+        load_drl_weights(LiverSegmenter(64, ContentOnly("mr", dim=16, n_res=2, mlp_dim=32, shared_res=1)), weights / "drl.pth")
     with pytest.raises(DataError, match="missing.pth.*stage 1"):
-        load_drl_weights(LiverSegmenter(64, "mr", **NET), weights / "missing.pth")
+        load_drl_weights(LiverSegmenter(64, ContentOnly("mr", **NET)), weights / "missing.pth")
 
 
 def test_joint_domain_slices_hold_both_modalities(phantoms, weights):
-    network = load_drl_weights(LiverSegmenter(64, "mr", **NET, shared_res=1), weights / "drl.pth")
+    network = load_drl_weights(dadr(64), weights / "drl.pth")
     ct = read_datalist(phantoms / "datalist.json", "source")
     mr = [dict(e, modality="mr") for e in read_datalist(phantoms / "datalist.json", "target_test")]
     ct_only, joint = AdaptedSlices(ct, network), AdaptedSlices(ct + mr, network)
@@ -95,8 +100,8 @@ def test_2p5d_content_path_runs_channel_by_channel_and_trains_and_infers(phantom
     """With context_slices 1 each adjacent slice gets its own content-only image, the one of the
     slice itself is the 2D network's, and train.yaml + inference.yaml run end to end."""
     unet = UNet(2, 3, 2, (8, 16, 32), (2, 2), num_res_units=1)
-    network = load_drl_weights(LiverSegmenter(64, "mr", **NET, shared_res=1, unet=unet), weights / "drl.pth").eval()
-    plain = load_drl_weights(LiverSegmenter(64, "mr", **NET, shared_res=1), weights / "drl.pth").eval()
+    network = load_drl_weights(dadr(64, unet=unet), weights / "drl.pth").eval()
+    plain = load_drl_weights(dadr(64), weights / "drl.pth").eval()
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     with torch.no_grad():
         _, content = network.segment_with_content(x)
@@ -212,7 +217,7 @@ def test_ckpt_export_and_verify_net_in_out(weights, tmp_path):
     ckpt_export("network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(weights / "model.pt"),
                 meta_file=str(ROOT / "configs/metadata.json"), config_file=str(ROOT / "configs/inference.yaml"), **overrides)
     scripted = torch.jit.load(str(tmp_path / "model.ts"))
-    network = LiverSegmenter(64, "mr", **NET, shared_res=1)
+    network = dadr(64)
     network.load_state_dict(torch.load(weights / "model.pt", weights_only=True))
     x = torch.rand(2, 1, 48, 64) * 2 - 1
     with torch.no_grad():
@@ -226,9 +231,9 @@ def test_ship_weights_halves_both_files_all_or_nothing(weights, tmp_path):
     for name in ("model.pt", "drl.pth"):
         assert sizes[name] < 0.6 * (weights / name).stat().st_size / 2**20
         assert all(v.dtype != torch.float32 for v in torch.load(tmp_path / "models" / name, weights_only=True).values())
-    network = LiverSegmenter(64, "mr", **NET, shared_res=1)
+    network = dadr(64)
     network.load_state_dict(torch.load(tmp_path / "models/model.pt", weights_only=True))  # strict, into float32
-    original = LiverSegmenter(64, "mr", **NET, shared_res=1)
+    original = dadr(64)
     original.load_state_dict(torch.load(weights / "model.pt", weights_only=True))
     x = torch.rand(2, 1, 64, 64) * 2 - 1
     with torch.no_grad():
@@ -318,7 +323,7 @@ def test_weights_refuse_another_image_size_or_intensity_setting_and_non_finite_v
     result = infer(weights / "model.pt", "--image_size", "64", "--ct_window", "[-250,350]")
     assert result.returncode == 2 and "ct_window [-125, 275]" in result.stderr.strip().splitlines()[-1]
     with pytest.raises(DataError, match="drl.pth: was trained for image_size 64.*this configuration has image_size 96"):
-        load_drl_weights(LiverSegmenter(96, "mr", **NET, shared_res=1), weights / "drl.pth")
+        load_drl_weights(dadr(96), weights / "drl.pth")
     state = torch.load(weights / "model.pt", weights_only=True)
     next(v for k, v in state.items() if k.startswith("unet.")).view(-1)[0] = float("nan")
     torch.save(state, tmp_path / "nan.pt")
@@ -340,10 +345,10 @@ def test_multi_organ_training_still_writes_a_liver_mask(phantoms, tmp_path):
         assert set(np.unique(organs)) == {0, 1, 2, 3, 4} and np.array_equal(organs == 1, liver == 1), summary
     datalist = make_datalist(tmp_path / "ct", tmp_path / "mr", tmp_path / "datalist.json", tmp_path / "mr")
     assert all("organs" in e for e in datalist["source"] + datalist["target_test"])
-    slices = AdaptedSlices(read_datalist(tmp_path / "datalist.json", "source"), LiverSegmenter(64, adaptation="none"), label_key="organs")
+    slices = AdaptedSlices(read_datalist(tmp_path / "datalist.json", "source"), LiverSegmenter(64), label_key="organs")
     assert set(slices.labels.unique().tolist()) == {0.0, 1.0, 2.0, 3.0, 4.0}
     with pytest.raises(DataError, match="has no 'organs' label map"):
-        AdaptedSlices(read_datalist(phantoms / "datalist.json", "source"), LiverSegmenter(64, adaptation="none"), label_key="organs")
+        AdaptedSlices(read_datalist(phantoms / "datalist.json", "source"), LiverSegmenter(64), label_key="organs")
     sizes = {"image_size": 64, "out_channels": 5, "unet_channels": [8, 16, 32, 64, 128], "adaptation": "none"}
     run_bundle("training", config_file=str(ROOT / "configs/train.yaml"), dataset_dir=str(tmp_path), ckpt_dir=str(tmp_path / "models"),
                output_dir=str(tmp_path / "run"), max_epochs=2, label_key="organs", val_section="target_test", val_interval=1, **sizes)

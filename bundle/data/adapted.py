@@ -16,7 +16,8 @@ from torch.utils.data import Dataset
 
 from bundle.data.slices import volume_slices
 from bundle.errors import DataError
-from bundle.networks.segmenter import ContentOnly, LiverSegmenter
+from bundle.networks.content_only import ContentOnly
+from bundle.networks.segmenter import LiverSegmenter
 
 __all__ = ["AdaptedSlices"]
 

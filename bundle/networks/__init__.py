@@ -7,7 +7,8 @@ from bundle.networks.discriminator import ContentDiscriminator, DomainDiscrimina
 from bundle.networks.drl import DRLModule
 from bundle.networks.encoders import ContentEncoder, StyleEncoder
 from bundle.networks.generator import Generator
-from bundle.networks.segmenter import ContentOnly, LiverSegmenter, load_drl_weights, load_model
+from bundle.networks.content_only import ContentOnly
+from bundle.networks.segmenter import LiverSegmenter, load_drl_weights, load_model
 from bundle.networks.trained_for import TrainedFor
 
 __all__ = [

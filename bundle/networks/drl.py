@@ -7,17 +7,16 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from bundle.networks.encoders import StyleEncoder, content_encoders
+from bundle.data.intensity import CT_WINDOW, MR_PERCENTILES
+from bundle.networks.content_only import DOMAINS, ContentOnly
+from bundle.networks.encoders import StyleEncoder
 from bundle.networks.generator import Generator
 from bundle.networks.trained_for import TrainedFor
-from bundle.data.intensity import CT_WINDOW, MR_PERCENTILES
 
 __all__ = ["DRLModule", "DOMAINS"]
 
-DOMAINS = ("ct", "mr")  # domain 1 = CT (labelled source), domain 2 = MR (target)
 
-
-class DRLModule(nn.Module):
+class DRLModule(ContentOnly):
     """Ec1, Ec2 (content), Es1, Es2 (style) and G1, G2 (generators) of the paper's DRLModule.
 
     ``forward`` runs everything one training iteration needs from the generator side, once:
@@ -25,10 +24,9 @@ class DRLModule(nn.Module):
     given random styles (eq. 3), and re-encode the translations (eq. 4). The discriminators
     live outside, with their own optimiser.
 
-    Content-only images decode a content code with the generator of ``content_domain`` and the
-    zero style code, the same decoder for both modalities so CT and MR content land in one
-    image space. Zero is the centre of the style prior N(0, I): the generator is trained around
-    it, whereas an AdaIN with its affine switched off is a path it never sees in training.
+    It is a ``ContentOnly`` (content encoders and the generator of content-only images) with the
+    style encoders and the other domain's generator added: ``content_only(x, domain)`` is that
+    class's, and the inference network loads these weights key for key.
 
     Args:
         in_channels: image channels.
@@ -62,15 +60,12 @@ class DRLModule(nn.Module):
         ct_window: Sequence[float] = CT_WINDOW,
         mr_percentiles: Sequence[float] = MR_PERCENTILES,
     ) -> None:
-        super().__init__()
-        if content_domain not in DOMAINS:
-            raise ValueError(f"content_domain must be one of {DOMAINS}, got {content_domain!r}")
-        self.content_encoders = content_encoders(DOMAINS, in_channels, dim, n_down, n_res, norm, shared_res)
+        super().__init__("mr", in_channels, dim, n_down, n_res, style_dim, mlp_dim, norm, shared_res, content_domain)
         self.style_encoders = nn.ModuleDict({d: StyleEncoder(in_channels, dim, style_n_down, style_dim) for d in DOMAINS})
         channels = self.content_encoders["ct"].out_channels
-        self.generators = nn.ModuleDict({d: Generator(channels, in_channels, n_down, n_res, style_dim, mlp_dim) for d in DOMAINS})
-        self.style_dim = style_dim
-        self.content_domain = content_domain
+        for d in DOMAINS:
+            if d != content_domain:
+                self.generators[d] = Generator(channels, in_channels, n_down, n_res, style_dim, mlp_dim)
         self.trained_for = TrainedFor(image_size, ct_window, mr_percentiles)
 
     def encode(self, x: torch.Tensor, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,11 +89,6 @@ class DRLModule(nn.Module):
         pass ``Es_target(reference)`` for the style of a reference image (paper Fig. 7)."""
         style = self.random_style(x.shape[0], x) if style is None else style
         return self.decode(self.content_encoders[source](x), style, target)
-
-    def content_only(self, x: torch.Tensor, domain: str) -> torch.Tensor:
-        """Content-only image of ``x``: its content code decoded without its style (paper section 2.2)."""
-        neutral = torch.zeros(x.shape[0], self.style_dim, device=x.device, dtype=x.dtype)
-        return self.decode(self.content_encoders[domain](x), neutral, self.content_domain)
 
     def forward(self, x_ct: torch.Tensor, x_mr: torch.Tensor, style_ct: torch.Tensor, style_mr: torch.Tensor) -> dict[str, torch.Tensor]:
         """All generator-side tensors of one DRL iteration (eq. 2-4), each computed once.

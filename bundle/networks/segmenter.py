@@ -9,83 +9,45 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
+
 import torch
 from monai.networks.nets import UNet
 from torch import nn
 
 from bundle.data.intensity import CT_WINDOW, MR_PERCENTILES
 from bundle.errors import DataError
-from bundle.networks.drl import DOMAINS
-from bundle.networks.encoders import content_encoders
-from bundle.networks.generator import Generator
+from bundle.networks.content_only import ContentOnly
 from bundle.networks.geometry import from_square, to_square
 from bundle.networks.trained_for import TrainedFor
 
-__all__ = ["ContentOnly", "LiverSegmenter", "load_drl_weights", "load_model", "read_weights", "ADAPTATIONS"]
-
-ADAPTATIONS = ("dadr", "none")  # content-only images (the paper) or the normalised image as it is
-
-
-class ContentOnly(nn.Module):
-    """Content-only image of a slice: ``G_ct(Ec_modality(x), 0)`` (paper section 2.2).
-
-    Holds both domains' content encoders (the weights are the DRLModule's, key for key) and the
-    generator that decodes content-only images; ``modality`` picks the encoder.
-    """
-
-    def __init__(self, modality: str = "mr", in_channels: int = 1, dim: int = 64, n_down: int = 2, n_res: int = 4,
-                 style_dim: int = 8, mlp_dim: int = 256, norm: str = "instance", shared_res: int = 0) -> None:
-        super().__init__()
-        if modality not in DOMAINS:
-            raise ValueError(f"modality must be one of {DOMAINS}, got {modality!r}")
-        self.content_encoders = content_encoders(DOMAINS, in_channels, dim, n_down, n_res, norm, shared_res)
-        self.generator = Generator(self.content_encoders["ct"].out_channels, in_channels, n_down, n_res, style_dim, mlp_dim)
-        self.modality = modality
-        self.style_dim = style_dim
-
-    def content_only(self, x: torch.Tensor, modality: str) -> torch.Tensor:
-        """Content-only image of square slices ``x`` of ``modality``."""
-        code = x
-        for name, encoder in self.content_encoders.items():
-            if name == modality:
-                code = encoder(x)
-        neutral = torch.zeros(x.shape[0], self.style_dim, device=x.device, dtype=x.dtype)
-        return self.generator(code, neutral)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.content_only(x, self.modality)
+__all__ = ["LiverSegmenter", "load_drl_weights", "load_model", "read_weights"]
 
 
 class LiverSegmenter(nn.Module):
-    """Liver logits of normalised slices: ``UNet(content_only(x))``, at the input's own size.
+    """Liver logits of normalised slices: ``unet(content_path(x))``, at the input's own size.
+
+    The config composes it (``network_def``): the content path is a ``ContentOnly`` (DADR: the
+    content encoder of the input's modality, then the content-only image) or ``nn.Identity``
+    (no adaptation, the supervised bound, DACGAN: the UNet sees the image itself).
 
     Args:
-        image_size: square size the DRLModule and the UNet were trained at.
-        modality: ``mr`` or ``ct``, the modality of the slices it will see.
-        adaptation: ``dadr`` (UNet on content-only images) or ``none`` (UNet on the image itself:
-            the no-adaptation lower bound and the supervised upper bound).
-        out_channels: output channels (background, liver), for the default UNet.
-        unet: the 2D segmentation network on (content-only) slices, built by the config; ``None``:
-            MONAI's ``UNet`` with channels (16, 32, 64, 128, 256) and 2 residual units.
+        image_size: square size the networks were trained at; slices are brought to it and back.
+        content_path: ``ContentOnly`` or ``None`` (the identity).
+        unet: the 2D segmentation network on (content-only) slices; ``None``: MONAI's ``UNet``
+            with channels (16, 32, 64, 128, 256), 2 residual units, 1 input and 2 output channels.
         ct_window, mr_percentiles: the intensity normalisation the weights are trained for,
             recorded with them with ``image_size`` (``TrainedFor``); other values refuse to load.
-        drl: DRLModule sizes (``dim``, ``n_down``, ``n_res``, ``style_dim``, ``mlp_dim``, ``norm``,
-            ``shared_res``), used with ``adaptation="dadr"``.
 
     The content path is frozen: stage 2 trains the UNet only, so ``train()`` keeps it in eval mode.
     """
 
-    def __init__(self, image_size: int = 128, modality: str = "mr", adaptation: str = "dadr", in_channels: int = 1, out_channels: int = 2,
-                 unet: nn.Module | None = None, ct_window: Sequence[float] = CT_WINDOW,
-                 mr_percentiles: Sequence[float] = MR_PERCENTILES, **drl) -> None:
+    def __init__(self, image_size: int = 128, content_path: nn.Module | None = None, unet: nn.Module | None = None,
+                 ct_window: Sequence[float] = CT_WINDOW, mr_percentiles: Sequence[float] = MR_PERCENTILES) -> None:
         super().__init__()
-        if adaptation not in ADAPTATIONS:
-            raise ValueError(f"adaptation must be one of {ADAPTATIONS}, got {adaptation!r}")
         self.image_size = image_size
-        self.adaptation = adaptation
-        self.content_path = ContentOnly(modality, in_channels, **drl) if adaptation == "dadr" else nn.Identity()
+        self.content_path = content_path if content_path is not None else nn.Identity()
         self.content_path.requires_grad_(False).eval()
-        self.unet = unet if unet is not None else UNet(2, in_channels, out_channels, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2)
+        self.unet = unet if unet is not None else UNet(2, 1, 2, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2)
         self.trained_for = TrainedFor(image_size, ct_window, mr_percentiles)
 
     def train(self, mode: bool = True) -> "LiverSegmenter":
@@ -132,8 +94,7 @@ def load_drl_weights(network: LiverSegmenter, drl_path: str | Path) -> LiverSegm
         if recorded != TrainedFor.describe(network.trained_for.values):
             raise DataError(path, f"was trained for {recorded}, but this configuration has {TrainedFor.describe(network.trained_for.values)}: "
                                   "pass the same values to every stage")
-    wanted = {k: v for k, v in state.items() if k.startswith("content_encoders.")}
-    wanted |= {"generator." + k[len("generators.ct."):]: v for k, v in state.items() if k.startswith("generators.ct.")}
+    wanted = {k: v for k, v in state.items() if k in network.content_path.state_dict()}  # the DRLModule is a ContentOnly, key for key
     try:
         network.content_path.load_state_dict(wanted)
     except RuntimeError as e:  # the last line names one mismatching tensor
