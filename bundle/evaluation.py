@@ -19,7 +19,7 @@ from monai.metrics import compute_average_surface_distance, compute_dice, comput
 
 from bundle.atomic import atomic_outputs
 from bundle.data.readers import case_name, read_image
-from bundle.data.slices import read_datalist
+from bundle.data.datalist import read_datalist
 from bundle.errors import DataError
 from bundle.inference import SegmentVolumes
 

@@ -38,7 +38,8 @@ from monai.bundle import ConfigParser
 from bundle.atomic import atomic_outputs
 from bundle.cli import flag
 from bundle.data.readers import case_name
-from bundle.data.slices import read_datalist, volume_slices
+from bundle.data.datalist import read_datalist
+from bundle.data.slices import volume_slices
 from bundle.errors import DataError
 from bundle.figures import adaptation_figure, slice_grid
 from bundle.pipeline import CONFIGS, run_cyclegan, run_evaluation, run_stage1, run_stage2

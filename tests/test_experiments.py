@@ -10,7 +10,7 @@ from conftest import run_script
 
 from bundle.cli import flag
 from bundle.data.adapted import AdaptedSlices
-from bundle.data.slices import read_datalist
+from bundle.data.datalist import read_datalist
 from bundle.errors import DataError
 from bundle.experiments import EXPERIMENTS, TABLES, _fold_datalist, run_experiments, subject_folds
 from bundle.losses import CycleGANLoss

@@ -18,7 +18,8 @@ from scipy import ndimage
 
 from bundle.data.adapted import AdaptedSlices
 from bundle.data.export import write_dicom_series
-from bundle.data.slices import AdjacentSlicesd, read_datalist
+from bundle.data.datalist import read_datalist
+from bundle.data.preprocess import AdjacentSlicesd
 from bundle.errors import DataError
 from bundle.evaluation import surface_metrics
 from bundle.networks import ContentOnly, DRLModule, LiverSegmenter, load_drl_weights

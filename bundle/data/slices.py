@@ -1,15 +1,13 @@
 """2D slices for the 2D networks (pipeline step 2): volumes -> normalised, square, resized slices.
 
-Volumes are read with MONAI transforms (in threads), reoriented to RAS so every
-modality shows the same anatomy the same way, normalised per modality (CT by a HU window, MR by
-robust percentiles, both to [-1, 1] like the generators' tanh), then cut into axial slices
-that are resized in-plane to ``image_size`` keeping their aspect ratio (padded with -1,
-the normalised background).
+Volumes are preprocessed (``bundle.data.preprocess``: loaded in threads, reoriented to RAS so
+every modality shows the same anatomy the same way, normalised per modality to [-1, 1] like the
+generators' tanh), then cut into axial slices that are resized in-plane to ``image_size``
+keeping their aspect ratio (padded with -1, the normalised background).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,127 +15,15 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from monai.transforms import (
-    Compose,
-    MapTransform,
-    EnsureChannelFirstd,
-    EnsureTyped,
-    Orientationd,
-    ScaleIntensityRanged,
-    ScaleIntensityRangePercentilesd,
-)
 from torch.utils.data import Dataset
 
+from bundle.data.datalist import read_datalist
 from bundle.data.intensity import CT_WINDOW, MR_PERCENTILES
-from bundle.data.phantoms import make_phantoms
-from bundle.data.readers import LoadVolumed, check_contrast
+from bundle.data.preprocess import volume_transform
 from bundle.errors import DataError, unwrap_data_error
 from bundle.networks.geometry import to_square
 
-__all__ = ["CT_WINDOW", "MR_PERCENTILES", "AdjacentSlicesd", "CheckContrastd", "read_datalist", "ensure_datalist", "volume_transform", "volume_slices", "load_slices", "UnpairedSlices", "evenly_spaced"]
-
-
-def read_datalist(path: str | Path, section: str) -> list[dict]:
-    """Entries of one datalist section with paths made absolute (they are relative to the file)."""
-    path = Path(path)
-    try:
-        datalist = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(path, f"is not a readable datalist JSON: {e}") from e
-    if section not in datalist or not datalist[section]:
-        raise DataError(path, f"has no entries in section {section!r} (sections: {sorted(datalist)})")
-    base = path.parent
-    return [{**e, **{k: str(base / e[k]) for k in ("image", "label", "organs") if k in e}} for e in datalist[section]]
-
-
-def ensure_datalist(path: str | Path, n_ct: int = 8, n_mr: int = 8, size: int = 128, seed: int = 0) -> str:
-    """``path`` if it exists; if its folder does not exist or is empty, make the built-in phantoms there.
-
-    This is how the training configs fall back to the phantoms when no data is given. Under
-    torch.distributed, rank 0 makes them while the other ranks wait.
-    """
-    path = Path(path)
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if not path.is_file() and (not distributed or torch.distributed.get_rank() == 0):
-        if path.parent.exists() and any(path.parent.iterdir()):
-            raise DataError(path, "does not exist (and its folder is not empty, so no phantoms were made there)")
-        make_phantoms(path.parent, n_ct=n_ct, n_mr=n_mr, seed=seed, size=size)
-    if distributed:
-        torch.distributed.barrier()
-    if not path.is_file():
-        raise DataError(path, f"is not one of the phantom datalists written to {path.parent}")
-    return str(path)
-
-
-class AdjacentSlicesd(MapTransform):
-    """2.5D input: each axial slice gets its ``context`` neighbours on either side as channels.
-
-    (1, H, W, D) -> (1 + 2 * context, H, W, D), channel ``context`` being the slice itself and the
-    first and last slices repeated at the ends. A 2D network then sees each slice with the
-    anatomy above and below it, and MONAI's ``SliceInferer`` cuts the same channels at inference.
-    MONAI has no such transform. It changes channels only, so nothing is inverted afterwards.
-    """
-
-    def __init__(self, keys: str | Sequence[str], context: int = 1) -> None:
-        super().__init__(keys)
-        if context < 0:
-            raise ValueError(f"context must be >= 0, got {context}")
-        self.context = context
-
-    def __call__(self, data: dict) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            volume = d[key]
-            if volume.shape[0] != 1:
-                raise ValueError(f"{key}: expected one channel, got shape {tuple(volume.shape)}")
-            depth = volume.shape[-1]
-            index = [min(max(z + k, 0), depth - 1) for k in range(-self.context, self.context + 1) for z in range(depth)]
-            d[key] = volume[0][..., index].reshape(*volume.shape[1:-1], 1 + 2 * self.context, depth).movedim(-2, 0)
-        return d
-
-
-class CheckContrastd(MapTransform):
-    """Refuse a blank image before it is normalised (``check_contrast``): a constant volume, or an
-    MR volume whose normalisation percentiles coincide, would otherwise get a made-up liver."""
-
-    def __init__(self, keys: str | Sequence[str], percentiles: Sequence[float] | None = None) -> None:
-        super().__init__(keys)
-        self.percentiles = None if percentiles is None else tuple(map(float, percentiles))
-
-    def __call__(self, data: dict) -> dict:
-        for key in self.key_iterator(data):
-            image = data[key]
-            path = image.meta.get("filename_or_obj", key) if hasattr(image, "meta") else key
-            check_contrast(np.asarray(image), path, self.percentiles)
-        return data
-
-
-def volume_transform(modality: str, with_label: bool = False, track_meta: bool = False,
-                     ct_window: Sequence[float] = CT_WINDOW, mr_percentiles: Sequence[float] = MR_PERCENTILES,
-                     context_slices: int = 0) -> Compose:
-    """Deterministic volume preprocessing: load, channel first, RAS, per-modality intensity
-    [, adjacent slices as channels].
-
-    Training drops the metadata; inference keeps it (``track_meta``) to invert the reorientation.
-    ``ct_window`` (HU) and ``mr_percentiles`` map to [-1, 1]; every stage must use the same ones.
-    ``context_slices``: neighbours on each side given as channels (2.5D input), or 0.
-    """
-    keys = ["image", "label"] if with_label else ["image"]
-    if modality == "ct":
-        normalise = ScaleIntensityRanged("image", *map(float, ct_window), b_min=-1.0, b_max=1.0, clip=True)
-    elif modality == "mr":
-        normalise = ScaleIntensityRangePercentilesd("image", *map(float, mr_percentiles), b_min=-1.0, b_max=1.0, clip=True)
-    else:
-        raise ValueError(f"modality must be 'ct' or 'mr', got {modality!r}")
-    return Compose([
-        LoadVolumed(keys),
-        CheckContrastd("image", mr_percentiles if modality == "mr" else None),
-        EnsureChannelFirstd(keys),
-        Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-        normalise,
-        EnsureTyped(keys, dtype=torch.float32, track_meta=track_meta),
-        *([AdjacentSlicesd("image", context_slices)] if context_slices else []),
-    ])
+__all__ = ["volume_slices", "load_slices", "UnpairedSlices", "evenly_spaced"]
 
 
 def _to_slices(volume: torch.Tensor, image_size: int, mode: str, pad_value: float) -> torch.Tensor:
