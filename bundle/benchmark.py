@@ -18,10 +18,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bundle.engines import DRLTrainer
 from bundle.networks import DomainDiscriminators, DRLModule
+from bundle.pipeline import CONFIGS
 
 __all__ = ["benchmark_drl", "benchmark_inference", "benchmark_matmul"]
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def _peak_memory_mb(device: torch.device) -> float:
