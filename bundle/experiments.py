@@ -27,11 +27,9 @@ import csv
 import io
 import json
 import logging
-import random
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
@@ -42,9 +40,11 @@ from bundle.data.datalist import read_datalist
 from bundle.data.slices import volume_slices
 from bundle.errors import DataError
 from bundle.figures import adaptation_figure, slice_grid
+from bundle.folds import LABELLED_MR_SECTIONS, fold_datalist, labelled_entries, subject, subject_folds
 from bundle.pipeline import CONFIGS, run_cyclegan, run_evaluation, run_stage1, run_stage2
+from bundle.tables import tables
 
-__all__ = ["MODELS", "TABLES", "subject_folds", "run_experiments", "experiment_figures"]
+__all__ = ["MODELS", "EXPERIMENTS", "run_experiments", "experiment_figures"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,81 +65,6 @@ EXPERIMENTS = {  # model -> the held-out modalities it is tested on
 }
 FOLDED = {"da": ("ct", "mr"), "multiphase": ("ct", "mr"), "mr_bound": ("mr",), "ct_only": ("ct",)}  # the modalities each splits
 TEST_SECTIONS = {"mr": "target_test", "ct": "source_test"}
-# (title, experiment, test modalities, rows: (label, model, the paper's Dice mean (std) per test modality))
-TABLES = [
-    ("Table 1: liver segmentation of the MR target with and without domain adaptation", "da", ("mr",), [
-        ("UNet w/o DA (trained on CT)", "unet_ct", {"mr": "0.26 (0.07)"}),
-        ("DACGAN (UNet on CT->MR)", "dacgan", {"mr": "0.72 (0.05)"}),
-        ("DADR (UNet on content-only CT)", "dadr", {"mr": "0.81 (0.03)"}),
-        ("supervised MR (upper bound)", "unet_mr", {"mr": "0.869 (0.044)"}),
-    ]),
-    ("Table 2: joint-domain learning", "da", ("ct", "mr"), [
-        ("CT trained", "unet_ct", {"ct": "0.901 (0.020)", "mr": "0.260 (0.072)"}),
-        ("MR trained", "unet_mr", {"ct": "0.134 (0.091)", "mr": "0.869 (0.044)"}),
-        ("Joint CT&MR (DADR, content-only)", "joint", {"ct": "0.912 (0.012)", "mr": "0.891 (0.040)"}),
-    ]),
-    ("Table 3: domain adaptation to a multi-phasic MR target", "multiphase", ("mr",), [
-        ("DACGAN", "dacgan", {"mr": "0.52 (0.06)"}),
-        ("DADR", "dadr", {"mr": "0.74 (0.04)"}),
-    ]),
-    ("Supervised MR upper bound (folds over the MR subjects)", "mr_bound", ("mr",), [
-        ("supervised MR", "unet_mr", {"mr": "0.869 (0.044)"}),
-    ]),
-    ("CT-trained UNets without adaptation (folds over the CT subjects; MR: every image, by each fold's model)", "ct_only", ("ct", "mr"), [
-        ("CT trained", "unet_ct", {"ct": "0.901 (0.020)", "mr": "0.260 (0.072)"}),
-        ("CT trained, appearance randomisation", "unet_ct_rand", {"ct": "-", "mr": "-"}),
-    ]),
-]
-LABELLED_MR_SECTIONS = ("target_labelled", "target_test")
-
-
-def _subject(entry: dict) -> str:
-    return entry.get("subject", Path(entry["image"]).name)
-
-
-def _labelled(datalist: Path, sections: tuple[str, ...], modality: str) -> list[dict]:
-    """The labelled entries of ``sections`` (each image once), paths absolute."""
-    raw = json.loads(Path(datalist).read_text())
-    entries, seen = [], set()
-    for section in sections:
-        if raw.get(section):
-            for entry in read_datalist(datalist, section):
-                if "label" in entry and entry["image"] not in seen:
-                    seen.add(entry["image"])
-                    entries.append(entry)
-    if not entries:
-        raise DataError(datalist, f"has no labelled {modality.upper()} entries in {', '.join(sections)}: "
-                                  "the experiments test on held-out labelled subjects of both modalities")
-    return entries
-
-
-def subject_folds(entries: list[dict], folds: int, seed: int, source: str | Path = "datalist") -> list[list[str]]:
-    """Subjects split into ``folds`` disjoint folds of near-equal size (shuffled with ``seed``);
-    all images of a subject (e.g. its MR phases) fall in the same fold."""
-    subjects = sorted({_subject(e) for e in entries})
-    if not 2 <= folds <= len(subjects):
-        raise DataError(source, f"has {len(subjects)} subjects: --folds must be between 2 and {len(subjects)}, got {folds}")
-    random.Random(seed).shuffle(subjects)
-    return [sorted(subjects[i::folds]) for i in range(folds)]
-
-
-def _fold_datalist(ct: list[dict], mr: list[dict], ct_test: list[str], mr_test: list[str], val_subjects: int = 0, seed: int = 0) -> dict:
-    """The fold's sections; with ``val_subjects``, that many training subjects of each modality
-    move to ``source_val`` / ``target_val`` (model selection; the held-out test stays unseen)."""
-    def split(entries, test):
-        return [e for e in entries if _subject(e) not in test], [e for e in entries if _subject(e) in test]
-
-    ct_train, ct_held = split(ct, ct_test)
-    mr_train, mr_held = split(mr, mr_test)
-    sections = {}
-    for name, entries in (("source", ct_train), ("target", mr_train)):
-        subjects = sorted({_subject(e) for e in entries})
-        val = random.Random(seed).sample(subjects, max(0, min(val_subjects, len(subjects) - 1)))  # one subject always trains
-        sections[name], sections[f"{name}_val"] = split(entries, val)
-    mr_train = sections.pop("target")
-    return {"source": sections["source"], "source_val": sections["source_val"], "source_test": ct_held,
-            "target": [{k: v for k, v in e.items() if k not in ("label", "organs")} for e in mr_train],  # unlabelled
-            "target_labelled": mr_train, "target_val": sections["target_val"], "target_test": mr_held}
 
 
 def _write_json(path: Path, data) -> None:
@@ -228,60 +153,6 @@ def _check_resumable(path: Path, settings: dict) -> None:
         _write_json(path, settings)
 
 
-def _mean_std(values: list[float]) -> str:
-    return f"{np.mean(values):.3f} ({np.std(values):.3f})" if values else "n/a"
-
-
-def _image_dice(rows: list[dict], model: str, test: str) -> dict[str, float]:
-    """Dice per test image of ``model``; an image tested by several folds' models (the MR of
-    ``ct_only``) gets the mean of its Dice over them."""
-    by_image: dict[str, list[float]] = {}
-    for r in rows:
-        if r["model"] == model and r["test"] == test and np.isfinite(r["dice"]):
-            by_image.setdefault(r["image"], []).append(r["dice"])
-    return {image: float(np.mean(d)) for image, d in by_image.items()}
-
-
-def _train_minutes(rows: list[dict], model: str) -> str:
-    """Mean wall time of ``model``'s training per fold, in minutes."""
-    seconds = {r["fold"]: r.get("train_seconds") for r in rows if r["model"] == model}
-    known = [v for v in seconds.values() if v is not None]
-    return f"{np.mean(known) / 60:.1f}" if known else "n/a"
-
-
-def _tables(rows_by_experiment: dict[str, list[dict]]) -> tuple[dict, str]:
-    """The tables from the per-image rows: Dice mean (std) over the held-out images, the
-    paper's (or a reference) figure beside ours, and per-patient Dice of every MR test."""
-    tables, lines = {}, []
-    for title, experiment, tests, table_rows in TABLES:
-        rows = rows_by_experiment.get(experiment)
-        if not rows:
-            continue
-        header = "| method | " + " | ".join(f"{t.upper()} tested: ours | {t.upper()} tested: paper" for t in tests) + " | train min/fold |"
-        lines += [f"### {title}", "", header, "|---" * (2 + 2 * len(tests)) + "|"]
-        tables[title] = {}
-        for label, model, paper in table_rows:
-            cells, entry = [], {}
-            for test in tests:
-                dice = list(_image_dice(rows, model, test).values())
-                entry[test] = {"dice_mean": float(np.mean(dice)) if dice else None, "dice_std": float(np.std(dice)) if dice else None,
-                               "n": len(dice), "paper": paper[test]}
-                cells += [_mean_std(dice), paper[test]]
-            tables[title][label] = entry
-            lines.append(f"| {label} | " + " | ".join(cells) + f" | {_train_minutes(rows, model)} |")
-        lines.append("")
-        mr_columns = [(label, model) for label, model, _ in table_rows if "mr" in tests]
-        per_image = {label: _image_dice(rows, model, "mr") for label, model in mr_columns}
-        images = sorted({i for d in per_image.values() for i in d}, key=lambda i: (len(i), i))
-        if images:
-            lines += ["Per MR image (Dice):", "", "| image | " + " | ".join(label for label, _ in mr_columns) + " |",
-                      "|---" * (1 + len(mr_columns)) + "|"]
-            lines += [f"| {case_name(i)} | " + " | ".join(f"{per_image[label][i]:.3f}" if i in per_image[label] else "-" for label, _ in mr_columns) + " |"
-                      for i in images]
-            lines.append("")
-    return tables, "\n".join(lines)
-
-
 def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multiphase_datalist: str | Path | None = None, size: int = 128, dim: int = 32,
                     drl_iterations: int = 20000, cyclegan_iterations: int = 20000, seg_epochs: int = 30, seed: int = 0, figures: bool = True,
                     split_source: bool = True, experiments: str | list[str] = "da", ct_folds: int | None = None, val_subjects: int = 0,
@@ -334,10 +205,10 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
                 "experiments": names, "ct_folds": ct_folds, "val_subjects": val_subjects, "amp": amp,
                 "iterations_per_epoch": iterations_per_epoch, "unet_channels": list(unet_channels or [16, 32, 64, 128, 256]),
                 "context_slices": context_slices, "organs": organs}
-    ct = _labelled(datalist, ("source",), "ct")
-    targets = {e: _labelled(datalist, LABELLED_MR_SECTIONS, "mr") for e in names}
+    ct = labelled_entries(datalist, ("source",), "ct")
+    targets = {e: labelled_entries(datalist, LABELLED_MR_SECTIONS, "mr") for e in names}
     if multiphase_datalist is not None:
-        targets["multiphase"] = _labelled(multiphase_datalist, LABELLED_MR_SECTIONS, "mr")
+        targets["multiphase"] = labelled_entries(multiphase_datalist, LABELLED_MR_SECTIONS, "mr")
 
     def fold_lists(experiment: str) -> tuple[list[list[str]], list[list[str]]]:
         """(CT, MR) test subjects per fold; an unsplit modality holds nothing out (CT) or everything (MR of ct_only)."""
@@ -345,7 +216,7 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
         k = ct_folds if experiment == "ct_only" else folds
         split_ct = "ct" in FOLDED[experiment] and (split_source or experiment == "ct_only")
         ct_test = subject_folds(ct, k, seed, datalist) if split_ct else [[] for _ in range(k)]
-        mr_subjects = sorted({_subject(e) for e in targets[experiment]})
+        mr_subjects = sorted({subject(e) for e in targets[experiment]})
         mr_test = subject_folds(targets[experiment], k, seed, source) if "mr" in FOLDED[experiment] else [mr_subjects] * k
         return ct_test, mr_test
 
@@ -358,18 +229,18 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
         for k in range(len(ct_test)):
             fold_dir = out / experiment / f"fold_{k}"
             if not (fold_dir / "datalist.json").is_file():
-                _write_json(fold_dir / "datalist.json", _fold_datalist(ct, mr, ct_test[k], mr_test[k], val_subjects, seed))
+                _write_json(fold_dir / "datalist.json", fold_datalist(ct, mr, ct_test[k], mr_test[k], val_subjects, seed))
             logger.info("%s fold %d/%d: CT test %s, MR test %s", experiment, k + 1, len(ct_test), ct_test[k], mr_test[k])
             rows += _run_fold(fold_dir, k, EXPERIMENTS[experiment], settings)
         rows_by_experiment[experiment] = rows
-    tables, markdown = _tables(rows_by_experiment)
+    table_data, markdown = tables(rows_by_experiment)
     all_rows = [{"experiment": e, **r} for e, rows in rows_by_experiment.items() for r in rows]
     fields = ["experiment", "fold", "model", "test", "subject", "dice", "hd95_mm", "assd_mm", "train_seconds", "image"]
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(all_rows)
-    result = {"settings": settings, "tables": tables, "rows": all_rows}
+    result = {"settings": settings, "tables": table_data, "rows": all_rows}
     out.mkdir(parents=True, exist_ok=True)
     with atomic_outputs([out / "results.csv", out / "results.json", out / "results.md"]) as (tmp_csv, tmp_json, tmp_md):
         tmp_csv.write_text(text.getvalue())
@@ -421,7 +292,7 @@ def experiment_figures(out: str | Path, size: int, dim: int, n: int = 2) -> list
     paths.append(slice_grid([(f"case {i + 1}", [("CT", ct[i, 0]), ("content-only CT", content_ct[i, 0]),
                                                 ("content-only MR", content_mr[i % len(mr), 0]), ("MR", mr[i % len(mr), 0])])
                              for i in range(len(ct))], figures / "fig4_content_only.png"))
-    rows = [(_subject(entry), [("MR", entry["image"]), ("liver mask", entry["label"])]
+    rows = [(subject(entry), [("MR", entry["image"]), ("liver mask", entry["label"])]
              + [(model, fold / model / "test_mr" / f"{case_name(entry['image'])}_liver.nii.gz") for model in ("unet_ct", "dacgan", "dadr")])
             for entry in mr_entries]
     paths.append(adaptation_figure(rows, [e["label"] for e in mr_entries], figures / "fig5_segmentation.png"))
@@ -430,7 +301,7 @@ def experiment_figures(out: str | Path, size: int, dim: int, n: int = 2) -> list
     if (multiphase / "drl" / "drl.pt").is_file():
         drl, _ = _networks(multiphase, size, dim)
         entries = read_datalist(multiphase / "datalist.json", "target_test")
-        phases = [e for e in entries if _subject(e) == _subject(entries[0])]
+        phases = [e for e in entries if subject(e) == subject(entries[0])]
         images, mask = _liver_slices(phases, "mr", size)
         names = [e.get("sequence", f"phase {i + 1}") for i, e in enumerate(phases)]
         content = drl.content_only(images, "mr")

@@ -12,7 +12,9 @@ from bundle.cli import flag
 from bundle.data.adapted import AdaptedSlices
 from bundle.data.datalist import read_datalist
 from bundle.errors import DataError
-from bundle.experiments import EXPERIMENTS, TABLES, _fold_datalist, run_experiments, subject_folds
+from bundle.experiments import EXPERIMENTS, run_experiments
+from bundle.folds import fold_datalist, subject_folds
+from bundle.tables import TABLES
 from bundle.losses import CycleGANLoss
 from bundle.networks import CycleGAN, LiverSegmenter, PatchDiscriminators, load_translator
 from bundle.pipeline import run_cyclegan
@@ -67,11 +69,11 @@ def test_subject_folds_are_disjoint_and_keep_a_subjects_images_together():
 def test_fold_datalists_with_and_without_splitting_the_ct():
     ct = [{"image": f"ct{i}.nii.gz", "label": f"ct{i}_liver.nii.gz", "subject": f"ct{i}"} for i in range(3)]
     mr = [{"image": f"mr{i}.nii.gz", "label": f"mr{i}_liver.nii.gz", "subject": f"mr{i}"} for i in range(3)]
-    split = _fold_datalist(ct, mr, ["ct0"], ["mr1", "mr2"])
+    split = fold_datalist(ct, mr, ["ct0"], ["mr1", "mr2"])
     assert [e["subject"] for e in split["source"]] == ["ct1", "ct2"] and [e["subject"] for e in split["source_test"]] == ["ct0"]
     assert [e["subject"] for e in split["target_test"]] == ["mr1", "mr2"] and split["target_labelled"] == [mr[0]]
     assert split["target"] == [{"image": "mr0.nii.gz", "subject": "mr0"}]  # unlabelled for adaptation
-    whole = _fold_datalist(ct, mr, [], ["mr1", "mr2"])
+    whole = fold_datalist(ct, mr, [], ["mr1", "mr2"])
     assert whole["source"] == ct and whole["source_test"] == []
 
 

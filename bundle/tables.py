@@ -1,0 +1,89 @@
+"""The result tables of the experiment runner: Dice mean (std) per method and test modality,
+the paper's (or a reference) figure beside ours, train time per fold, and per-image Dice."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bundle.data.readers import case_name
+
+__all__ = ["TABLES", "tables"]
+
+# (title, experiment, test modalities, rows: (label, model, the paper's Dice mean (std) per test modality))
+TABLES = [
+    ("Table 1: liver segmentation of the MR target with and without domain adaptation", "da", ("mr",), [
+        ("UNet w/o DA (trained on CT)", "unet_ct", {"mr": "0.26 (0.07)"}),
+        ("DACGAN (UNet on CT->MR)", "dacgan", {"mr": "0.72 (0.05)"}),
+        ("DADR (UNet on content-only CT)", "dadr", {"mr": "0.81 (0.03)"}),
+        ("supervised MR (upper bound)", "unet_mr", {"mr": "0.869 (0.044)"}),
+    ]),
+    ("Table 2: joint-domain learning", "da", ("ct", "mr"), [
+        ("CT trained", "unet_ct", {"ct": "0.901 (0.020)", "mr": "0.260 (0.072)"}),
+        ("MR trained", "unet_mr", {"ct": "0.134 (0.091)", "mr": "0.869 (0.044)"}),
+        ("Joint CT&MR (DADR, content-only)", "joint", {"ct": "0.912 (0.012)", "mr": "0.891 (0.040)"}),
+    ]),
+    ("Table 3: domain adaptation to a multi-phasic MR target", "multiphase", ("mr",), [
+        ("DACGAN", "dacgan", {"mr": "0.52 (0.06)"}),
+        ("DADR", "dadr", {"mr": "0.74 (0.04)"}),
+    ]),
+    ("Supervised MR upper bound (folds over the MR subjects)", "mr_bound", ("mr",), [
+        ("supervised MR", "unet_mr", {"mr": "0.869 (0.044)"}),
+    ]),
+    ("CT-trained UNets without adaptation (folds over the CT subjects; MR: every image, by each fold's model)", "ct_only", ("ct", "mr"), [
+        ("CT trained", "unet_ct", {"ct": "0.901 (0.020)", "mr": "0.260 (0.072)"}),
+        ("CT trained, appearance randomisation", "unet_ct_rand", {"ct": "-", "mr": "-"}),
+    ]),
+]
+
+def _mean_std(values: list[float]) -> str:
+    return f"{np.mean(values):.3f} ({np.std(values):.3f})" if values else "n/a"
+
+
+def _image_dice(rows: list[dict], model: str, test: str) -> dict[str, float]:
+    """Dice per test image of ``model``; an image tested by several folds' models (the MR of
+    ``ct_only``) gets the mean of its Dice over them."""
+    by_image: dict[str, list[float]] = {}
+    for r in rows:
+        if r["model"] == model and r["test"] == test and np.isfinite(r["dice"]):
+            by_image.setdefault(r["image"], []).append(r["dice"])
+    return {image: float(np.mean(d)) for image, d in by_image.items()}
+
+
+def _train_minutes(rows: list[dict], model: str) -> str:
+    """Mean wall time of ``model``'s training per fold, in minutes."""
+    seconds = {r["fold"]: r.get("train_seconds") for r in rows if r["model"] == model}
+    known = [v for v in seconds.values() if v is not None]
+    return f"{np.mean(known) / 60:.1f}" if known else "n/a"
+
+
+def tables(rows_by_experiment: dict[str, list[dict]]) -> tuple[dict, str]:
+    """The tables from the per-image rows: Dice mean (std) over the held-out images, the
+    paper's (or a reference) figure beside ours, and per-patient Dice of every MR test."""
+    tables, lines = {}, []
+    for title, experiment, tests, table_rows in TABLES:
+        rows = rows_by_experiment.get(experiment)
+        if not rows:
+            continue
+        header = "| method | " + " | ".join(f"{t.upper()} tested: ours | {t.upper()} tested: paper" for t in tests) + " | train min/fold |"
+        lines += [f"### {title}", "", header, "|---" * (2 + 2 * len(tests)) + "|"]
+        tables[title] = {}
+        for label, model, paper in table_rows:
+            cells, entry = [], {}
+            for test in tests:
+                dice = list(_image_dice(rows, model, test).values())
+                entry[test] = {"dice_mean": float(np.mean(dice)) if dice else None, "dice_std": float(np.std(dice)) if dice else None,
+                               "n": len(dice), "paper": paper[test]}
+                cells += [_mean_std(dice), paper[test]]
+            tables[title][label] = entry
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {_train_minutes(rows, model)} |")
+        lines.append("")
+        mr_columns = [(label, model) for label, model, _ in table_rows if "mr" in tests]
+        per_image = {label: _image_dice(rows, model, "mr") for label, model in mr_columns}
+        images = sorted({i for d in per_image.values() for i in d}, key=lambda i: (len(i), i))
+        if images:
+            lines += ["Per MR image (Dice):", "", "| image | " + " | ".join(label for label, _ in mr_columns) + " |",
+                      "|---" * (1 + len(mr_columns)) + "|"]
+            lines += [f"| {case_name(i)} | " + " | ".join(f"{per_image[label][i]:.3f}" if i in per_image[label] else "-" for label, _ in mr_columns) + " |"
+                      for i in images]
+            lines.append("")
+    return tables, "\n".join(lines)
