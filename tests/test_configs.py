@@ -58,3 +58,20 @@ def test_network_and_preprocessing_sizes_are_the_same_in_every_config():
         assert len({str(v) for v in values.values()}) == 1, (key, values)
     for key in ("unet_channels", "context_slices", "out_channels"):
         assert configs["train.yaml"][key] == configs["inference.yaml"][key], key
+
+
+@pytest.mark.parametrize("configs,ids", [
+    (["drl_train.yaml"], ["network", "discriminators", "memory_format", "train#checkpoint"]),
+    (["drl_train.yaml", "cyclegan_train.yaml"], ["network", "discriminators", "train#checkpoint"]),
+    (["train.yaml"], ["network_def", "train#inferer"]),
+    (["inference.yaml"], ["network", "preprocessing", "postprocessing"]),
+])
+def test_device_given_as_a_plain_string_works_in_every_config(configs, ids, tmp_path):
+    """`--device cpu` reaches the config as the string 'cpu' (not a torch.device)."""
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / c) for c in configs])
+    parser.update({"device": "cpu", "output_dir": str(tmp_path), "ckpt_dir": str(tmp_path), "adaptation": "none"})
+    for id in ids:
+        assert parser.get_parsed_content(id) is not None, id
+    from bundle.cli import check_device
+    assert check_device("cpu") == torch.device("cpu")
