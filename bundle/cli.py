@@ -14,7 +14,7 @@ import torch
 
 from bundle.errors import DataError, unwrap_data_error
 
-__all__ = ["run_cli", "flag", "brief_errors", "check_device", "refuse_option"]
+__all__ = ["run_cli", "flag", "brief_errors", "check_device", "check_choice", "refuse_option"]
 
 
 def run_cli(component: Any) -> None:
@@ -80,3 +80,10 @@ def refuse_option(value: Any, name: str, why: str) -> None:
     """A clear error for an option this config does not use (MONAI accepts any override silently)."""
     if value is not None:
         raise DataError(f"--{name}", f"is not an option of this config: {why}")
+
+
+def check_choice(value: Any, name: str, choices: tuple) -> Any:
+    """``--name value`` must be one of ``choices``: one clear error instead of a KeyError deep in a config."""
+    if value not in choices:
+        raise DataError(f"--{name}", f"must be one of {', '.join(map(str, choices))}, got {value!r}")
+    return value

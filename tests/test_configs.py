@@ -75,3 +75,18 @@ def test_device_given_as_a_plain_string_works_in_every_config(configs, ids, tmp_
         assert parser.get_parsed_content(id) is not None, id
     from bundle.cli import check_device
     assert check_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("modality,volume", [("mr", "mr/mr_002_t2_image.nii.gz"), ("ct", "ct/ct_000_image.nii.gz")])
+@pytest.mark.parametrize("context", [0, 1])
+def test_inference_yaml_preprocessing_is_the_training_preprocessing(phantoms, modality, volume, context):
+    """inference.yaml spells its preprocessing out for readers; training builds it in Python
+    (bundle/data/preprocess.py). They must give the same volume, metadata included."""
+    from bundle.data.preprocess import volume_transform
+
+    listed = parsed("inference.yaml", "preprocessing", modality=modality, context_slices=context)
+    ours = volume_transform(modality, track_meta=True, context_slices=context)
+    a, b = listed({"image": str(phantoms / volume)})["image"], ours({"image": str(phantoms / volume)})["image"]
+    assert a.shape == b.shape and torch.equal(a.as_tensor(), b.as_tensor())
+    assert torch.equal(torch.as_tensor(a.affine), torch.as_tensor(b.affine))
+    assert [op["class"] for op in a.applied_operations] == [op["class"] for op in b.applied_operations]

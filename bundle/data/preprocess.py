@@ -94,5 +94,5 @@ def volume_transform(modality: str, with_label: bool = False, track_meta: bool =
         Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         normalise,
         EnsureTyped(keys, dtype=torch.float32, track_meta=track_meta),
-        *([AdjacentSlicesd("image", context_slices)] if context_slices else []),
+        AdjacentSlicesd("image", context_slices),
     ])
