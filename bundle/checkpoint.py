@@ -20,7 +20,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 
 from bundle.atomic import atomic_outputs
-from bundle.engines.drl_trainer import unwrap
+from bundle.engines.adversarial import unwrap
 from bundle.errors import DataError
 
 __all__ = ["AtomicCheckpoint", "BestModel", "checkpoints"]

@@ -17,7 +17,7 @@ from ignite.handlers import ProgressBar
 
 from bundle.atomic import atomic_outputs
 from bundle.data.slices import evenly_spaced
-from bundle.engines.drl_trainer import unwrap
+from bundle.engines.adversarial import unwrap
 from bundle.metrics import content_domain_accuracy
 
 __all__ = ["DRLValidation", "CycleGANValidation", "LossProgressBar", "radiological"]

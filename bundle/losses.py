@@ -49,6 +49,11 @@ class AdversarialLoss(nn.Module):
         """D's side: real scores towards real, fake scores towards fake."""
         return self.loss(self._float(real), True, True) + self.loss(self._float(fake), False, True)
 
+    def discriminator_on_batch(self, scores: list[torch.Tensor], n_real: int) -> torch.Tensor:
+        """D's side on one pass over ``cat([real, fake])``: the first ``n_real`` samples of every
+        scale's scores are the real images'."""
+        return self.discriminator([s[:n_real] for s in scores], [s[n_real:] for s in scores])
+
     def generator(self, fake: list[torch.Tensor]) -> torch.Tensor:
         """G's side: fake scores towards real."""
         return self.loss(self._float(fake), True, False)

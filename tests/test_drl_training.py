@@ -15,13 +15,13 @@ from torch.utils.data import DataLoader
 
 from bundle.data.slices import UnpairedSlices, load_slices
 from bundle.engines import DRLTrainer
-from bundle.losses import DRLLoss
+from bundle.losses import AdversarialLoss, ContentAdversarialLoss, DRLLoss
 from bundle.networks import DomainDiscriminators, DRLModule
 
 SMALL = ["--image_size", "64", "--dim", "8", "--n_res", "2", "--mlp_dim", "32", "--val_interval", "10", "--n_val_slices", "8"]
 
 
-def make_trainer(phantoms, iterations: int, batch: int = 2, content_adv: bool = False) -> DRLTrainer:
+def make_trainer(phantoms, iterations: int, batch: int = 2, content_adv: bool = False, **kwargs) -> DRLTrainer:
     torch.manual_seed(0)
     ct = load_slices(phantoms / "datalist.json", "source", "ct", 64)["image"]
     mr = load_slices(phantoms / "datalist.json", "target", "mr", 64)["image"]
@@ -30,7 +30,7 @@ def make_trainer(phantoms, iterations: int, batch: int = 2, content_adv: bool = 
     adam = dict(lr=1e-3, betas=(0.5, 0.999), weight_decay=1e-4)
     loader = DataLoader(UnpairedSlices(ct, mr, iterations * batch, seed=0), batch_size=batch)
     return DRLTrainer("cpu", 1, loader, network, discriminators, torch.optim.Adam(network.parameters(), **adam),
-                      torch.optim.Adam(discriminators.parameters(), **adam), loss=DRLLoss(delta=1.0))
+                      torch.optim.Adam(discriminators.parameters(), **adam), loss=DRLLoss(delta=1.0), **kwargs)
 
 
 def test_every_loss_term_is_finite_and_decreases_on_phantoms(phantoms):
@@ -104,3 +104,12 @@ def test_ddp_two_processes_with_gloo_on_cpu(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "drl.pt").is_file()
     assert sorted(p.name for p in (tmp_path / "out/checkpoints").iterdir()) == ["drl_checkpoint_10.pt", "drl_checkpoint_5.pt"]
+
+
+def test_the_loss_splits_real_and_fake_scores_and_the_content_game_is_injected(phantoms):
+    scores = [torch.randn(4, 1, 5, 5), torch.randn(4, 1, 3, 3)]
+    loss = AdversarialLoss()
+    assert torch.equal(loss.discriminator_on_batch(scores, 2), loss.discriminator([s[:2] for s in scores], [s[2:] for s in scores]))
+    game = ContentAdversarialLoss()
+    trainer = make_trainer(phantoms, iterations=2, content_adversarial=game)
+    assert trainer.content_adversarial is game

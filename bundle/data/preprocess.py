@@ -48,9 +48,12 @@ class AdjacentSlicesd(MapTransform):
             volume = d[key]
             if volume.shape[0] != 1:
                 raise ValueError(f"{key}: expected one channel, got shape {tuple(volume.shape)}")
+            if self.context == 0:
+                continue
             depth = volume.shape[-1]
             index = [min(max(z + k, 0), depth - 1) for k in range(-self.context, self.context + 1) for z in range(depth)]
-            d[key] = volume[0][..., index].reshape(*volume.shape[1:-1], 1 + 2 * self.context, depth).movedim(-2, 0)
+            # contiguous: a strided view would reach the networks in another memory format
+            d[key] = volume[0][..., index].reshape(*volume.shape[1:-1], 1 + 2 * self.context, depth).movedim(-2, 0).contiguous()
         return d
 
 

@@ -1,6 +1,6 @@
 """CycleGANTrainer: the ignite engine of the DACGAN baseline's translator.
 
-Same loop as the DRL stage (``AdversarialTrainer``): the generators run once per iteration,
+Same loop as the DRL stage (``bundle/engines/adversarial.py``): the generators run once per iteration,
 the discriminators are updated on the detached translations, then the generators through the
 updated, frozen discriminators.
 """
@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from bundle.engines.drl_trainer import AdversarialTrainer
+from bundle.engines.adversarial import AdversarialTrainer
 from bundle.losses import CycleGANLoss
 
 __all__ = ["CycleGANTrainer"]
@@ -33,8 +33,7 @@ class CycleGANTrainer(AdversarialTrainer):
         n = x_ct.shape[0]
         with engine._autocast():
             scores_ct, scores_mr = engine.discriminators(torch.cat([x_ct, out["mr2ct"].detach()]), torch.cat([x_mr, out["ct2mr"].detach()]))
-        d_loss = engine.adversarial.discriminator([s[:n] for s in scores_ct], [s[n:] for s in scores_ct]) + \
-            engine.adversarial.discriminator([s[:n] for s in scores_mr], [s[n:] for s in scores_mr])
+        d_loss = engine.adversarial.discriminator_on_batch(scores_ct, n) + engine.adversarial.discriminator_on_batch(scores_mr, n)
         losses = engine._checked({"adv_d": d_loss})
         engine._step("d", d_loss)
 
