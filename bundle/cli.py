@@ -14,7 +14,7 @@ import torch
 
 from bundle.errors import DataError, unwrap_data_error
 
-__all__ = ["run_cli", "flag", "brief_errors", "check_device", "check_choice", "refuse_option"]
+__all__ = ["run_cli", "flag", "brief_errors", "check_device", "check_choice"]
 
 
 def run_cli(component: Any) -> None:
@@ -74,12 +74,6 @@ def check_device(device: str | torch.device) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise DataError("--device", f"{device} was asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
-
-
-def refuse_option(value: Any, name: str, why: str) -> None:
-    """A clear error for an option this config does not use (MONAI accepts any override silently)."""
-    if value is not None:
-        raise DataError(f"--{name}", f"is not an option of this config: {why}")
 
 
 def check_choice(value: Any, name: str, choices: tuple) -> Any:

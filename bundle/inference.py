@@ -72,12 +72,17 @@ class SegmentVolumes:
         dataset_dir: folder of input volumes.
         output_dir: folder for the results (created).
         device: where the network runs.
+        amp: ``bfloat16`` autocast for the network (about twice as fast on CPUs with bfloat16
+            arithmetic; a few boundary voxels may differ from float32), or ``None``.
     """
 
     def __init__(self, network: LiverSegmenter, preprocessing: Callable, inferer: Callable, postprocessing: Callable,
-                 dataset_dir: str | Path, output_dir: str | Path, device: str | torch.device = "cpu") -> None:
+                 dataset_dir: str | Path, output_dir: str | Path, device: str | torch.device = "cpu", amp: str | None = None) -> None:
         self.network, self.preprocessing, self.inferer, self.postprocessing = network, preprocessing, inferer, postprocessing
         self.dataset_dir, self.output_dir, self.device = Path(dataset_dir), Path(output_dir), torch.device(device)
+        if amp not in (None, "bfloat16"):
+            raise DataError("--amp", f"must be null or bfloat16, got {amp!r}")
+        self.amp = amp
 
     @torch.no_grad()
     def predict(self, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -88,8 +93,9 @@ class SegmentVolumes:
         data = self.preprocessing({"image": str(path)})
         self.network.eval()
         image = data["image"].to(self.device)[None]
-        logits, content = self.inferer(image, self.network.segment_with_content)
-        data["pred"], data["content"] = logits[0].cpu(), content[0].cpu()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp is not None):
+            logits, content = self.inferer(image, self.network.segment_with_content)
+        data["pred"], data["content"] = logits[0].float().cpu(), content[0].float().cpu()
         data = self.postprocessing(data)
         mask = np.asarray(data["pred"][0], dtype=np.uint8)
         return mask, np.asarray(data["content"][0], dtype=np.float32), np.asarray(data["pred"].affine, dtype=np.float64)
