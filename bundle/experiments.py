@@ -105,7 +105,8 @@ def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[d
     adaptations = {MODELS[m][0]["adaptation"] for m in models}
     gan_sizes = {k: sizes[k] for k in ("image_size", "dim")}
     if "dadr" in adaptations and not drl.is_file():
-        run_stage1(fold_dir, drl.parent, settings["drl_iterations"], gan_sizes, resume=True, seed=settings["seed"])
+        run_stage1(fold_dir, drl.parent, settings["drl_iterations"], gan_sizes, resume=True, seed=settings["seed"],
+                   task_weight=settings["task_weight"])
     if "cyclegan" in adaptations and not cyclegan.is_file():
         run_cyclegan(fold_dir, cyclegan.parent, settings["cyclegan_iterations"], gan_sizes, resume=True, seed=settings["seed"])
     rows = []
@@ -141,11 +142,14 @@ def _train_seconds(model_dir: Path) -> float | None:
         return None
 
 
+ADDED_SETTINGS = {"task_weight": 0.0}  # settings newer than some recorded runs, at the value those runs used
+
+
 def _check_resumable(path: Path, settings: dict) -> None:
     """Record the settings of a new run; a run resumed in the same folder must use the same ones,
     or its folds would mix results of different settings."""
     if path.is_file():
-        before = json.loads(path.read_text())
+        before = ADDED_SETTINGS | json.loads(path.read_text())
         if changed := {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}:
             raise DataError(path, f"this folder holds a run with other settings ({', '.join(f'{k}: {a} -> {b}' for k, (a, b) in changed.items())}); "
                                   "use another --out or the same settings")
@@ -157,7 +161,7 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
                     drl_iterations: int = 20000, cyclegan_iterations: int = 20000, seg_epochs: int = 30, seed: int = 0, figures: bool = True,
                     split_source: bool = True, experiments: str | list[str] = "da", ct_folds: int | None = None, val_subjects: int = 0,
                     amp: str | None = None, iterations_per_epoch: int | None = None, unet_channels: list[int] | None = None,
-                    context_slices: int = 0, organs: bool = False) -> dict:
+                    context_slices: int = 0, organs: bool = False, task_weight: float = 0.0) -> dict:
     """Run the experiments under ``out``; writes ``results.csv``, ``results.json`` and ``results.md``.
 
     Args:
@@ -190,6 +194,7 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
         context_slices: adjacent slices on each side as extra UNet input channels (2.5D), or 0.
         organs: train the UNets on the organ maps (liver, kidneys, spleen: the datalists' ``organs``)
             instead of the liver masks; every model still outputs and is scored on the liver.
+        task_weight: stage 1's task-aware content space (``configs/drl_train.yaml``), 0: the paper's.
     """
     out = Path(out)
     figures, split_source, organs = flag(figures, "figures"), flag(split_source, "split_source"), flag(organs, "organs")
@@ -204,7 +209,7 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
                 "multiphase_datalist": None if multiphase_datalist is None else str(multiphase_datalist),
                 "experiments": names, "ct_folds": ct_folds, "val_subjects": val_subjects, "amp": amp,
                 "iterations_per_epoch": iterations_per_epoch, "unet_channels": list(unet_channels or [16, 32, 64, 128, 256]),
-                "context_slices": context_slices, "organs": organs}
+                "context_slices": context_slices, "organs": organs, "task_weight": task_weight}
     ct = labelled_entries(datalist, ("source",), "ct")
     targets = {e: labelled_entries(datalist, LABELLED_MR_SECTIONS, "mr") for e in names}
     if multiphase_datalist is not None:
@@ -248,17 +253,17 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
         tmp_md.write_text(f"Dice mean (std) over held-out images, subject-wise cross-validation; settings: {json.dumps(settings)}\n\n{markdown}")
     print(markdown)
     if figures and "da" in rows_by_experiment:
-        result["figures"] = [str(p) for p in experiment_figures(out, size, dim)]
+        result["figures"] = [str(p) for p in experiment_figures(out, size, dim, task_weight=task_weight)]
     return result
 
 
-def _networks(fold_dir: Path, size: int, dim: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+def _networks(fold_dir: Path, size: int, dim: int, task_weight: float = 0.0) -> tuple[torch.nn.Module, torch.nn.Module]:
     """Fold ``fold_dir``'s DRLModule and CycleGAN, built by the configs that trained them."""
     built = []
     for configs, weights in (([CONFIGS / "drl_train.yaml"], "drl/drl.pt"), ([CONFIGS / "drl_train.yaml", CONFIGS / "cyclegan_train.yaml"], "cyclegan/cyclegan.pt")):
         parser = ConfigParser()
         parser.read_config([str(c) for c in configs])
-        parser.update({"image_size": size, "dim": dim})
+        parser.update({"image_size": size, "dim": dim, "task_weight": task_weight})
         network = parser.get_parsed_content("network_def")
         network.load_state_dict(torch.load(fold_dir / weights, map_location="cpu", weights_only=True))
         built.append(network.eval())
@@ -274,13 +279,13 @@ def _liver_slices(entries: list[dict], modality: str, size: int) -> tuple[torch.
 
 
 @torch.no_grad()
-def experiment_figures(out: str | Path, size: int, dim: int, n: int = 2) -> list[Path]:
+def experiment_figures(out: str | Path, size: int, dim: int, n: int = 2, task_weight: float = 0.0) -> list[Path]:
     """The paper's Fig. 3-7 from fold 0 of a finished run under ``out``, as PNGs in ``out/figures``."""
     out = Path(out)
     figures, paths = out / "figures", []
     fold = out / "da" / "fold_0"
     datalist = fold / "datalist.json"
-    drl, cyclegan = _networks(fold, size, dim)
+    drl, cyclegan = _networks(fold, size, dim, task_weight)
     held_out_ct = json.loads(datalist.read_text())["source_test"]  # empty when the CT was not split
     ct, ct_mask = _liver_slices(read_datalist(datalist, "source_test" if held_out_ct else "source")[:n], "ct", size)
     mr_entries = read_datalist(datalist, "target_test")[:n]

@@ -1,7 +1,9 @@
 """DADR losses (paper eq. 1-4): in-domain reconstruction, adversarial, latent reconstruction.
 
 Ltotal = alpha * Lrecon + beta * Ladv + gamma * Llatent, with alpha = 25, beta = 10, gamma = 0.1,
-plus, optionally (not in the paper), delta * Lcontent: encoders fool a content discriminator.
+plus, optionally (not in the paper), delta * Lcontent: encoders fool a content discriminator,
+and task_weight * Ltask: a segmentation loss of content-only CT images (the task-aware content
+space, ``DRLModule``'s ``task_segmenter``), MONAI's ``DiceCELoss``.
 The adversarial term reuses MONAI's ``PatchAdversarialLoss`` (mean over the discriminator's
 scales): least squares without MONAI's extra activation by default, or the paper's log form
 (binary cross-entropy on sigmoid scores).
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monai.losses import PatchAdversarialLoss
+from monai.losses import DiceCELoss, PatchAdversarialLoss
 from torch import nn
 
 __all__ = ["recon_loss", "latent_loss", "AdversarialLoss", "ContentAdversarialLoss", "DRLLoss", "CycleGANLoss"]
@@ -79,16 +81,22 @@ class DRLLoss(nn.Module):
         beta: weight of the adversarial term (10).
         gamma: weight of the latent reconstruction (0.1).
         delta: weight of the content adversarial term (0: the paper's objective).
+        task_weight: weight of the task term, played when the DRLModule has a ``task_segmenter``.
+        task_loss: the task term (default: Dice + cross-entropy over the batch, softmax logits,
+            class-id labels).
     """
 
-    def __init__(self, alpha: float = 25.0, beta: float = 10.0, gamma: float = 0.1, delta: float = 0.0) -> None:
+    def __init__(self, alpha: float = 25.0, beta: float = 10.0, gamma: float = 0.1, delta: float = 0.0,
+                 task_weight: float = 0.0, task_loss: nn.Module | None = None) -> None:
         super().__init__()
-        self.alpha, self.beta, self.gamma, self.delta = alpha, beta, gamma, delta
+        self.alpha, self.beta, self.gamma, self.delta, self.task_weight = alpha, beta, gamma, delta, task_weight
+        self.task_loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True) if task_loss is None else task_loss
 
     def forward(self, out: dict[str, torch.Tensor], x_ct: torch.Tensor, x_mr: torch.Tensor,
                 style_ct: torch.Tensor, style_mr: torch.Tensor, adversarial: torch.Tensor,
-                content_adversarial: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Returns every term and ``total``; ``style_*`` are the random styles used to translate."""
+                content_adversarial: torch.Tensor | None = None, label_ct: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Returns every term and ``total``; ``style_*`` are the random styles used to translate;
+        ``label_ct``: the CT slices' labels, needed when ``out`` has ``task_logits``."""
         terms = {
             "recon_ct": recon_loss(out["recon_ct"], x_ct),
             "recon_mr": recon_loss(out["recon_mr"], x_mr),
@@ -101,6 +109,12 @@ class DRLLoss(nn.Module):
         if content_adversarial is not None:
             terms["adv_content"] = content_adversarial
             terms["total"] = terms["total"] + self.delta * content_adversarial
+        if "task_logits" in out:
+            if label_ct is None:
+                raise ValueError("the DRLModule has a task segmenter but the CT slices have no labels: "
+                                 "give the training slices their labels (UnpairedSlices source_label)")
+            terms["task"] = self.task_loss(out["task_logits"].float(), torch.cat([label_ct, label_ct]))
+            terms["total"] = terms["total"] + self.task_weight * terms["task"]
         return terms
 
 

@@ -113,3 +113,48 @@ def test_the_loss_splits_real_and_fake_scores_and_the_content_game_is_injected(p
     game = ContentAdversarialLoss()
     trainer = make_trainer(phantoms, iterations=2, content_adversarial=game)
     assert trainer.content_adversarial is game
+
+
+def test_task_aware_content_space_trains_both_content_encoders_through_the_ct_labels(phantoms):
+    """The task term reaches the CT and MR content encoders (through the CT -> MR translations)
+    and the segmenter, and adds task_weight * Ltask to the total; without labels it refuses."""
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(0)
+    ct = load_slices(phantoms / "datalist.json", "source", "ct", 64, with_label=True)
+    mr = load_slices(phantoms / "datalist.json", "target", "mr", 64)["image"]
+    item = UnpairedSlices(ct["image"], mr, 4, source_label=ct["label"])[0]
+    assert item["ct_label"].shape == (1, 64, 64) and set(item["ct_label"].unique().tolist()) <= {0.0, 1.0}
+    segmenter = UNet(2, 1, 2, channels=(8, 16), strides=(2,))
+    network = DRLModule(dim=8, n_res=2, mlp_dim=32, task_segmenter=segmenter)
+    x_ct, label_ct, x_mr = ct["image"][10:12], ct["label"][10:12], mr[5:7]
+    styles = torch.randn(2, 8), torch.randn(2, 8)
+    out = network(x_ct, x_mr, *styles)
+    assert out["task_logits"].shape == (4, 2, 64, 64)  # content-only CT, then content-only CT -> MR
+    adv = torch.tensor(0.0)
+    paper, task_aware = DRLLoss(task_weight=0.0), DRLLoss(task_weight=2.0)
+    terms = task_aware(out, x_ct, x_mr, *styles, adv, label_ct=label_ct)
+    assert torch.isclose(terms["total"] - paper(out, x_ct, x_mr, *styles, adv, label_ct=label_ct)["total"], 2.0 * terms["task"])
+    terms["task"].backward()
+    for module in (network.content_encoders["ct"], network.content_encoders["mr"], segmenter):
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads) and sum(g.abs().sum() for g in grads) > 0
+    assert all(p.grad is None or not p.grad.any() for p in network.style_encoders.parameters())  # the style path plays no part
+    with pytest.raises(ValueError, match="no labels"):
+        paper(out, x_ct, x_mr, *styles, adv)
+
+
+def test_bundle_run_with_task_weight_logs_the_task_term_and_stage_2_reads_its_weights(tmp_path):
+    """``--task_weight 1``: CT labels loaded, the task term trained and logged; the DRLModule's
+    weights carry the segmenter, which the content path of stage 2 leaves out."""
+    from bundle.networks import LiverSegmenter, load_drl_weights
+    from bundle.networks.content_only import ContentOnly
+
+    result = run_bundle(tmp_path, "task", 4, "--task_weight", "1.0", "--val_interval", "2")
+    assert "task" in result.stdout + result.stderr
+    state = torch.load(tmp_path / "task/drl.pt")
+    assert any(k.startswith("task_segmenter.") for k in state)
+    segmenter = LiverSegmenter(64, ContentOnly(dim=8, n_res=2, mlp_dim=32, shared_res=1), torch.nn.Conv2d(1, 2, 1))
+    load_drl_weights(segmenter, tmp_path / "task/drl.pt")
+    loaded = segmenter.content_path.content_encoders["mr"].state_dict()
+    assert all(torch.equal(v, state[f"content_encoders.mr.{k}"]) for k, v in loaded.items())

@@ -111,6 +111,11 @@ def test_experiment_runner_two_folds_on_phantoms_resumes(phantoms, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     with pytest.raises(DataError, match="other settings .*seg_epochs: 1 -> 2"):
         run_experiments(phantoms / "datalist.json", out, **(settings | {"seg_epochs": 2}))
+    recorded = json.loads((out / "settings.json").read_text())  # a run recorded before the task-aware option resumes
+    (out / "settings.json").write_text(json.dumps({k: v for k, v in recorded.items() if k != "task_weight"}))
+    assert run_experiments(phantoms / "datalist.json", out, **settings, figures=False)["rows"] == rows
+    with pytest.raises(DataError, match="other settings .*task_weight: 0.0 -> 1.0"):
+        run_experiments(phantoms / "datalist.json", out, **(settings | {"task_weight": 1.0}))
 
     # a stage 2 that did not run to its end (no marker; MONAI saves model.pt even when interrupted) is redone, alone
     fold = out / "da" / "fold_1"

@@ -106,10 +106,15 @@ class UnpairedSlices(Dataset):
         target: MR slices (M, 1, S, S).
         length: items per epoch.
         seed: random seed.
+        source_label: the CT slices' labels (N, 1, S, S), item key ``ct_label`` (the task-aware
+            content space), or ``None``. MR labels never enter stage 1.
     """
 
-    def __init__(self, source: torch.Tensor, target: torch.Tensor, length: int, seed: int = 0) -> None:
-        self.source, self.target, self.length, self.seed = source, target, length, seed
+    def __init__(self, source: torch.Tensor, target: torch.Tensor, length: int, seed: int = 0,
+                 source_label: torch.Tensor | None = None) -> None:
+        if source_label is not None and len(source_label) != len(source):
+            raise ValueError(f"{len(source_label)} CT labels for {len(source)} CT slices")
+        self.source, self.target, self.length, self.seed, self.source_label = source, target, length, seed, source_label
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -121,7 +126,10 @@ class UnpairedSlices(Dataset):
         return self.length
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"ct": self.source[self.source_index[i]], "mr": self.target[self.target_index[i]]}
+        item = {"ct": self.source[self.source_index[i]], "mr": self.target[self.target_index[i]]}
+        if self.source_label is not None:
+            item["ct_label"] = self.source_label[self.source_index[i]]
+        return item
 
 
 def evenly_spaced(slices: torch.Tensor, n: int) -> torch.Tensor:

@@ -55,7 +55,9 @@ class DRLTrainer(AdversarialTrainer):
                 adv_content = None
                 if discriminators.content is not None:
                     adv_content = engine.content_adversarial.encoder(discriminators.content(torch.cat([out["content_ct"], out["content_mr"]])))
-            terms = engine.loss(out, x_ct, x_mr, style_ct, style_mr, adv_g, adv_content)
+            label_ct = batchdata.get("ct_label")
+            label_ct = None if label_ct is None else label_ct.to(engine.state.device, non_blocking=True)
+            terms = engine.loss(out, x_ct, x_mr, style_ct, style_mr, adv_g, adv_content, label_ct)
             losses = engine._checked(terms) | losses
             engine._step("g", terms["total"])
 

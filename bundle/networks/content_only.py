@@ -56,8 +56,12 @@ class ContentOnly(nn.Module):
         for name, encoder in self.content_encoders.items():  # a loop TorchScript can compile
             if name == domain:
                 code = encoder(x)
-        neutral = torch.zeros(x.shape[0], self.style_dim, device=x.device, dtype=x.dtype)
-        out = x
+        return self.decode_neutral(code)
+
+    def decode_neutral(self, code: torch.Tensor) -> torch.Tensor:
+        """Content-only image of content codes: the ``content_domain`` generator with the zero style."""
+        neutral = torch.zeros(code.shape[0], self.style_dim, device=code.device, dtype=code.dtype)
+        out = code
         for name, generator in self.generators.items():
             if name == self.content_domain:
                 out = generator(code, neutral)

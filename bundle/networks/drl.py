@@ -42,6 +42,11 @@ class DRLModule(ContentOnly):
             (0 in the paper; sharing, as in DRIT, ties both modalities to one content space).
         image_size, ct_window, mr_percentiles: the input the weights are trained for, recorded
             with them (``TrainedFor``) so that stage 2 and inference refuse another.
+        task_segmenter: ``None`` (the paper) or a segmentation network of content-only images
+            (the task-aware content space, the paper's section 4 future work): ``forward`` then
+            segments the content-only images of the CT slices and of their MR translations,
+            so that a loss on the CT labels (``DRLLoss``'s ``task_weight``) keeps the liver in
+            the content space of both encoders. Stage 2 reads only the content path's weights.
     """
 
     def __init__(
@@ -59,6 +64,7 @@ class DRLModule(ContentOnly):
         image_size: int = 128,
         ct_window: Sequence[float] = CT_WINDOW,
         mr_percentiles: Sequence[float] = MR_PERCENTILES,
+        task_segmenter: Optional[nn.Module] = None,
     ) -> None:
         super().__init__("mr", in_channels, dim, n_down, n_res, style_dim, mlp_dim, norm, shared_res, content_domain)
         self.style_encoders = nn.ModuleDict({d: StyleEncoder(in_channels, dim, style_n_down, style_dim) for d in DOMAINS})
@@ -67,6 +73,7 @@ class DRLModule(ContentOnly):
             if d != content_domain:
                 self.generators[d] = Generator(channels, in_channels, n_down, n_res, style_dim, mlp_dim)
         self.trained_for = TrainedFor(image_size, ct_window, mr_percentiles)
+        self.task_segmenter = task_segmenter
 
     def encode(self, x: torch.Tensor, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(content code, style code) of images ``x`` of ``domain``."""
@@ -94,6 +101,8 @@ class DRLModule(ContentOnly):
         """All generator-side tensors of one DRL iteration (eq. 2-4), each computed once.
 
         ``style_ct`` / ``style_mr`` are random style codes of each domain for the translations.
+        With a ``task_segmenter``, ``task_logits`` are its logits on the content-only images of
+        ``x_ct`` and of its MR translations ``ct2mr`` (in that order): both have the CT labels.
         """
         c_ct, s_ct = self.encode(x_ct, "ct")
         c_mr, s_mr = self.encode(x_mr, "mr")
@@ -103,8 +112,11 @@ class DRLModule(ContentOnly):
         recon_mr, ct2mr = self.decode(torch.cat([c_mr, c_ct]), torch.cat([s_mr, style_mr]), "mr").split([len(c_mr), len(c_ct)])
         c_ct2mr, s_ct2mr = self.encode(ct2mr, "mr")
         c_mr2ct, s_mr2ct = self.encode(mr2ct, "ct")
-        return {
+        out = {
             "content_ct": c_ct, "content_mr": c_mr, "style_ct": s_ct, "style_mr": s_mr,
             "recon_ct": recon_ct, "recon_mr": recon_mr, "ct2mr": ct2mr, "mr2ct": mr2ct,
             "content_ct2mr": c_ct2mr, "style_ct2mr": s_ct2mr, "content_mr2ct": c_mr2ct, "style_mr2ct": s_mr2ct,
         }
+        if self.task_segmenter is not None:
+            out["task_logits"] = self.task_segmenter(self.decode_neutral(torch.cat([c_ct, c_ct2mr])))
+        return out
