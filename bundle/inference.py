@@ -26,7 +26,7 @@ __all__ = ["find_volumes", "SegmentVolumes", "OUTPUT_SUFFIXES"]
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_SUFFIXES = ("_liver", "_content")  # what inference writes; never read back as input
+OUTPUT_SUFFIXES = ("_liver", "_content", "_uncertainty")  # what inference writes; never read back as input
 
 
 def find_volumes(dataset_dir: str | Path) -> list[Path]:
@@ -60,59 +60,68 @@ def _write_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
 class SegmentVolumes:
     """Segment every volume of ``dataset_dir`` into ``output_dir``.
 
-    Writes ``<case>_liver.nii.gz`` (uint8 0/1) and ``<case>_content.nii.gz`` (float32, the
-    content-only image) on each input's own grid (shape and affine).
+    Writes ``<case>_liver.nii.gz`` (uint8 0/1), ``<case>_content.nii.gz`` (float32, the
+    content-only image) and, with ``uncertainty``, ``<case>_uncertainty.nii.gz`` (float32, the
+    per-voxel entropy of an ensemble inferer, in nats) on each input's own grid (shape and affine).
 
     Args:
         network: the inference network.
         preprocessing: volume dict transform (load, RAS, normalise), keeping metadata.
-        inferer: a 2D-over-3D inferer (``SliceInferer``).
-        postprocessing: dict transform on ``pred`` (logits) and ``content`` that inverts the
-            preprocessing and makes ``pred`` a label map.
+        inferer: a 2D-over-3D inferer (``SliceInferer``) returning (logits, content-only image),
+            or an ensemble (``FlipEnsembleInferer``) returning (logits, content, uncertainty).
+        postprocessing: dict transform on ``pred`` (logits), ``content`` and ``uncertainty``
+            that inverts the preprocessing and makes ``pred`` a label map.
         dataset_dir: folder of input volumes.
         output_dir: folder for the results (created).
         device: where the network runs.
         amp: ``bfloat16`` autocast for the network (about twice as fast on CPUs with bfloat16
             arithmetic; a few boundary voxels may differ from float32), or ``None``.
+        uncertainty: write the inferer's third output as ``<case>_uncertainty.nii.gz``.
     """
 
     def __init__(self, network: LiverSegmenter, preprocessing: Callable, inferer: Callable, postprocessing: Callable,
-                 dataset_dir: str | Path, output_dir: str | Path, device: str | torch.device = "cpu", amp: str | None = None) -> None:
+                 dataset_dir: str | Path, output_dir: str | Path, device: str | torch.device = "cpu", amp: str | None = None,
+                 uncertainty: bool = False) -> None:
         self.network, self.preprocessing, self.inferer, self.postprocessing = network, preprocessing, inferer, postprocessing
         self.dataset_dir, self.output_dir, self.device = Path(dataset_dir), Path(output_dir), torch.device(device)
         if amp not in (None, "bfloat16"):
             raise DataError("--amp", f"must be null or bfloat16, got {amp!r}")
-        self.amp = amp
+        self.amp, self.uncertainty = amp, uncertainty
 
     @torch.no_grad()
-    def predict(self, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(liver mask uint8, content-only image float32, affine) of one volume, on its own grid.
-
-        The volume is read once, by the preprocessing's loader, which validates it.
+    def predict(self, path: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """({"liver": mask uint8, "content": float32[, "uncertainty": float32]}, affine) of one
+        volume, on its own grid. The volume is read once, by the preprocessing's loader, which validates it.
         """
         data = self.preprocessing({"image": str(path)})
         self.network.eval()
         image = data["image"].to(self.device)[None]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp is not None):
-            logits, content = self.inferer(image, self.network.segment_with_content)
+            logits, content, *rest = self.inferer(image, self.network.segment_with_content)
         data["pred"], data["content"] = logits[0].float().cpu(), content[0].float().cpu()
+        if self.uncertainty:
+            if not rest:
+                raise ValueError("uncertainty needs an ensemble inferer (FlipEnsembleInferer); this inferer gives none")
+            data["uncertainty"] = rest[0][0].float().cpu()
         data = self.postprocessing(data)
-        mask = np.asarray(data["pred"][0], dtype=np.uint8)
-        return mask, np.asarray(data["content"][0], dtype=np.float32), np.asarray(data["pred"].affine, dtype=np.float64)
+        outputs = {"liver": np.asarray(data["pred"][0], dtype=np.uint8), "content": np.asarray(data["content"][0], dtype=np.float32)}
+        if self.uncertainty:
+            outputs["uncertainty"] = np.asarray(data["uncertainty"][0], dtype=np.float32)
+        return outputs, np.asarray(data["pred"].affine, dtype=np.float64)
 
-    def write(self, name: str, mask: np.ndarray, content: np.ndarray, affine: np.ndarray, output_dir: Path) -> tuple[Path, Path]:
-        """Write ``<name>_liver.nii.gz`` and ``<name>_content.nii.gz`` to ``output_dir``, both or neither."""
-        outputs = [output_dir / f"{name}{suffix}.nii.gz" for suffix in OUTPUT_SUFFIXES]
-        for output in outputs:  # what a run killed while writing this case left behind
-            for stale in output_dir.glob(f".tmp-????????-{output.name}"):
+    def write(self, name: str, outputs: dict[str, np.ndarray], affine: np.ndarray, output_dir: Path) -> dict[str, Path]:
+        """Write each ``outputs[key]`` as ``<name>_<key>.nii.gz`` to ``output_dir``, all or none."""
+        paths = {key: output_dir / f"{name}_{key}.nii.gz" for key in outputs}
+        for path in paths.values():  # what a run killed while writing this case left behind
+            for stale in output_dir.glob(f".tmp-????????-{path.name}"):
                 stale.unlink(missing_ok=True)
-        with atomic_outputs(outputs) as (tmp_mask, tmp_content):
-            _write_nifti(mask, affine, tmp_mask)
-            _write_nifti(content, affine, tmp_content)
-        return outputs[0], outputs[1]
+        with atomic_outputs(list(paths.values())) as tmps:
+            for array, tmp in zip(outputs.values(), tmps):
+                _write_nifti(array, affine, tmp)
+        return paths
 
-    def segment(self, path: Path) -> tuple[Path, Path]:
-        """Segment one volume into ``output_dir``; returns the paths of its mask and content-only image."""
+    def segment(self, path: Path) -> dict[str, Path]:
+        """Segment one volume into ``output_dir``; returns the paths of its outputs by key (``liver``, ``content``, ...)."""
         return self.write(case_name(path), *self.predict(path), self.output_dir)
 
     def _check_outputs(self, cases: list[Path]) -> None:
@@ -138,7 +147,7 @@ class SegmentVolumes:
         for path in cases:
             start = time.perf_counter()
             try:
-                mask, _ = self.segment(path)
+                mask = self.segment(path)["liver"]
             except Exception as e:  # any failure is this case's, not the folder's
                 error = unwrap_data_error(e)  # MONAI wraps our reader's DataError in "applying transform ..."
                 if not isinstance(error, DataError):

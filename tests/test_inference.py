@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -357,3 +358,51 @@ def test_multi_organ_training_still_writes_a_liver_mask(phantoms, tmp_path):
                output_dir=str(tmp_path / "out"), model_path=str(tmp_path / "models/model.pt"), **sizes)
     mask = np.asarray(nib.load(tmp_path / "out/mr_002_image_liver.nii.gz").dataobj)
     assert set(np.unique(mask)) <= {0, 1}
+
+
+def test_flip_ensemble_averages_the_flipped_probabilities_and_measures_their_entropy():
+    """Exact mean of the 4 variants' softmax, undone flips, the unflipped content output, and an
+    entropy that is 0 where every variant is certain and ln 2 where two classes split evenly."""
+    from monai.inferers import SliceInferer
+
+    from bundle.inferers import FlipEnsembleInferer
+
+    torch.manual_seed(0)
+    weight = torch.randn(2, 1, 6, 5)  # position-dependent logits: not flip-invariant
+
+    def network(x):  # (N, 1, 6, 5) slices -> (logits, content)
+        return x * weight, x + 1
+
+    volume = torch.randn(1, 1, 6, 5, 3)
+    slices = SliceInferer(roi_size=(-1, -1), spatial_dim=2)
+    log_mean, content, entropy = FlipEnsembleInferer(slices)(volume, network)
+    expected = 0
+    for dims in ([], [2], [3], [2, 3]):
+        logits = slices(volume.flip(dims) if dims else volume, network)[0]
+        expected = expected + torch.softmax(logits.flip(dims) if dims else logits, 1) / 4
+    assert torch.allclose(torch.softmax(log_mean, 1), expected, atol=1e-6)
+    assert torch.equal(content, volume + 1)
+    assert entropy.shape == (1, 1, 6, 5, 3)
+    assert torch.allclose(entropy, -(expected * expected.log()).sum(1, keepdim=True), atol=1e-5)
+    certain = FlipEnsembleInferer(slices)(volume, lambda x: (torch.cat([x * 0 + 50, x * 0 - 50], 1), x))[-1]
+    split = FlipEnsembleInferer(slices)(volume, lambda x: (torch.cat([x * 0, x * 0], 1), x))[-1]
+    assert certain.abs().max() < 1e-6 and torch.allclose(split, torch.full_like(split, np.log(2)))
+    with pytest.raises(ValueError, match="flips"):
+        FlipEnsembleInferer(slices, flips=((0,), (1,)))
+
+
+def test_uncertainty_option_writes_the_entropy_on_the_input_grid_and_scores_it(phantoms, weights, tmp_path):
+    out = tmp_path / "eval"
+    run_bundle("evaluating", config_file=[str(ROOT / "configs/inference.yaml"), str(ROOT / "configs/evaluate.yaml")],
+               datalist=str(phantoms / "datalist.json"), model_path=str(weights / "model.pt"), output_dir=str(out), uncertainty=True, **SIZES)
+    entries = read_datalist(phantoms / "datalist.json", "target_test")
+    for entry in entries:
+        source = nib.load(entry["image"])
+        name = os.path.basename(entry["image"]).replace(".nii.gz", "")
+        uncertainty = nib.load(out / f"{name}_uncertainty.nii.gz")
+        assert uncertainty.shape == source.shape and np.allclose(uncertainty.affine, source.affine, atol=1e-3)
+        values = np.asarray(uncertainty.dataobj)
+        assert uncertainty.get_data_dtype() == np.float32 and values.min() >= -1e-4 and values.max() <= np.log(2) + 1e-3 and values.max() > 0
+    rows = json.loads((out / "metrics.json").read_text())["subjects"]
+    assert len(rows) == len(entries) and all(r["uncertainty"] > 0 for r in rows)
+    assert "uncertainty" in (out / "metrics.csv").read_text().splitlines()[0]
