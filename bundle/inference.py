@@ -68,7 +68,7 @@ class SegmentVolumes:
         network: the inference network.
         preprocessing: volume dict transform (load, RAS, normalise), keeping metadata.
         inferer: a 2D-over-3D inferer (``SliceInferer``) returning (logits, content-only image),
-            or an ensemble (``FlipEnsembleInferer``) returning (logits, content, uncertainty).
+            or an ensemble (``EnsembleInferer``) returning (logits, content, uncertainty).
         postprocessing: dict transform on ``pred`` (logits), ``content`` and ``uncertainty``
             that inverts the preprocessing and makes ``pred`` a label map.
         dataset_dir: folder of input volumes.
@@ -101,7 +101,7 @@ class SegmentVolumes:
         data["pred"], data["content"] = logits[0].float().cpu(), content[0].float().cpu()
         if self.uncertainty:
             if not rest:
-                raise ValueError("uncertainty needs an ensemble inferer (FlipEnsembleInferer); this inferer gives none")
+                raise ValueError("uncertainty needs an ensemble inferer (EnsembleInferer); this inferer gives none")
             data["uncertainty"] = rest[0][0].float().cpu()
         data = self.postprocessing(data)
         outputs = {"liver": np.asarray(data["pred"][0], dtype=np.uint8), "content": np.asarray(data["content"][0], dtype=np.float32)}

@@ -4,11 +4,11 @@ MONAI's ``SupervisedTrainer`` and ``SupervisedEvaluator`` autocast on CUDA only 
 on a CPU, bfloat16 autocast trains the UNet as well as float32 and 1.5-2x faster. The engines
 call their inferer around the network, so autocast lives here.
 
-``FlipEnsembleInferer`` averages the class probabilities of a volume and its in-plane flips
-and measures their disagreement (predictive entropy). MONAI's ``TestTimeAugmentation`` inverts
+``EnsembleInferer`` averages the class probabilities of a volume under several contrasts and
+measures their disagreement (predictive entropy). MONAI's ``TestTimeAugmentation`` inverts
 random transforms item by item through the data pipeline and returns a mode and a volume
-variation coefficient; a fixed set of flips undone on the logits is exact, needs no inversion
-and keeps the probabilities, which the entropy needs.
+variation coefficient; a fixed set of intensity variants needs no inversion and keeps the
+probabilities, which the entropy needs.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 from monai.inferers import SimpleInferer
 
-__all__ = ["AMP_DTYPES", "AutocastInferer", "FlipEnsembleInferer"]
+__all__ = ["AMP_DTYPES", "AutocastInferer", "EnsembleInferer"]
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16}  # float16 would need gradient scaling, which an inferer cannot do
 
@@ -45,31 +45,37 @@ class AutocastInferer(SimpleInferer):
         return out.float()
 
 
-class FlipEnsembleInferer:
-    """``inferer`` on a volume (1, C, H, W, D) and on its flips along the in-plane axes; returns
+class EnsembleInferer:
+    """``inferer`` on a normalised volume (1, C, H, W, D) under several intensity gammas; returns
     the log of the mean softmax over the variants (a later softmax gives that mean back), the
-    first other output of the network as it is (the content-only image of the unflipped
-    volume), and the per-voxel entropy of the mean probabilities (1, 1, H, W, D), in nats.
+    other outputs of the network for gamma 1 (the content-only image) and the per-voxel entropy
+    of the mean probabilities (1, 1, H, W, D), in nats.
+
+    Gamma keeps the anatomy and changes the contrast, what differs between scanners and
+    sequences. Flips, the usual test-time variants, do not suit a liver model: the liver's side
+    is part of what the UNet learns (a left-right flip dropped the Dice of a CT-trained UNet on
+    three CHAOS T2 patients from 0.85 to 0.50).
 
     Args:
         inferer: the slice inferer (``SliceInferer``) of one variant.
-        flips: the variants, as tuples of spatial axes (0: H, 1: W) to flip; ``()`` is the input.
+        gammas: the variants: ``x -> 2 ((x + 1) / 2) ** gamma - 1`` of images in [-1, 1];
+            they must include 1 (the image itself).
     """
 
-    def __init__(self, inferer: Callable, flips: tuple = ((), (0,), (1,), (0, 1))) -> None:
-        if () not in [tuple(f) for f in flips] or any(a not in (0, 1) for f in flips for a in f):
-            raise ValueError(f"flips must include () and flip the in-plane axes 0 and 1 only, got {flips}")
-        self.inferer, self.flips = inferer, [tuple(f) for f in flips]
+    def __init__(self, inferer: Callable, gammas: tuple[float, ...] = (0.5, 0.7, 1.0, 1.4, 2.0)) -> None:
+        if 1.0 not in [float(g) for g in gammas] or any(float(g) <= 0 for g in gammas):
+            raise ValueError(f"gammas must be positive and include 1.0 (the image itself), got {gammas}")
+        self.inferer, self.gammas = inferer, [float(g) for g in gammas]
 
     def __call__(self, inputs: torch.Tensor, network: Callable) -> tuple[torch.Tensor, ...]:
         probabilities, rest = 0.0, ()
-        for axes in self.flips:
-            dims = [2 + a for a in axes]
-            out = self.inferer(inputs.flip(dims) if dims else inputs, network)
+        for gamma in self.gammas:
+            variant = inputs if gamma == 1.0 else 2 * ((inputs + 1) / 2).clamp(0, 1) ** gamma - 1
+            out = self.inferer(variant, network)
             logits, others = (out[0], tuple(out[1:])) if isinstance(out, (tuple, list)) else (out, ())
-            probabilities = probabilities + torch.softmax((logits.flip(dims) if dims else logits).float(), dim=1)
-            if not axes:
+            probabilities = probabilities + torch.softmax(logits.float(), dim=1)
+            if gamma == 1.0:
                 rest = others
-        mean = probabilities / len(self.flips)
+        mean = probabilities / len(self.gammas)
         entropy = -(mean * mean.clamp_min(1e-12).log()).sum(dim=1, keepdim=True)
         return (mean.clamp_min(1e-12).log(), *rest, entropy)

@@ -360,35 +360,32 @@ def test_multi_organ_training_still_writes_a_liver_mask(phantoms, tmp_path):
     assert set(np.unique(mask)) <= {0, 1}
 
 
-def test_flip_ensemble_averages_the_flipped_probabilities_and_measures_their_entropy():
-    """Exact mean of the 4 variants' softmax, undone flips, the unflipped content output, and an
-    entropy that is 0 where every variant is certain and ln 2 where two classes split evenly."""
+def test_ensemble_averages_the_contrast_variants_probabilities_and_measures_their_entropy():
+    """Exact mean of the variants' softmax, the gamma-1 content output, and an entropy that is 0
+    where every variant is certain and ln 2 where two classes split evenly."""
     from monai.inferers import SliceInferer
 
-    from bundle.inferers import FlipEnsembleInferer
+    from bundle.inferers import EnsembleInferer
 
     torch.manual_seed(0)
-    weight = torch.randn(2, 1, 6, 5)  # position-dependent logits: not flip-invariant
+    weight = torch.randn(2, 1, 6, 5)
 
     def network(x):  # (N, 1, 6, 5) slices -> (logits, content)
         return x * weight, x + 1
 
-    volume = torch.randn(1, 1, 6, 5, 3)
+    volume = torch.rand(1, 1, 6, 5, 3) * 2 - 1
     slices = SliceInferer(roi_size=(-1, -1), spatial_dim=2)
-    log_mean, content, entropy = FlipEnsembleInferer(slices)(volume, network)
-    expected = 0
-    for dims in ([], [2], [3], [2, 3]):
-        logits = slices(volume.flip(dims) if dims else volume, network)[0]
-        expected = expected + torch.softmax(logits.flip(dims) if dims else logits, 1) / 4
+    log_mean, content, entropy = EnsembleInferer(slices, gammas=(0.5, 1.0, 2.0))(volume, network)
+    expected = sum(torch.softmax(slices(2 * ((volume + 1) / 2) ** g - 1, network)[0], 1) for g in (0.5, 1.0, 2.0)) / 3
     assert torch.allclose(torch.softmax(log_mean, 1), expected, atol=1e-6)
     assert torch.equal(content, volume + 1)
     assert entropy.shape == (1, 1, 6, 5, 3)
     assert torch.allclose(entropy, -(expected * expected.log()).sum(1, keepdim=True), atol=1e-5)
-    certain = FlipEnsembleInferer(slices)(volume, lambda x: (torch.cat([x * 0 + 50, x * 0 - 50], 1), x))[-1]
-    split = FlipEnsembleInferer(slices)(volume, lambda x: (torch.cat([x * 0, x * 0], 1), x))[-1]
+    certain = EnsembleInferer(slices)(volume, lambda x: (torch.cat([x * 0 + 50, x * 0 - 50], 1), x))[-1]
+    split = EnsembleInferer(slices)(volume, lambda x: (torch.cat([x * 0, x * 0], 1), x))[-1]
     assert certain.abs().max() < 1e-6 and torch.allclose(split, torch.full_like(split, np.log(2)))
-    with pytest.raises(ValueError, match="flips"):
-        FlipEnsembleInferer(slices, flips=((0,), (1,)))
+    with pytest.raises(ValueError, match="gammas"):
+        EnsembleInferer(slices, gammas=(0.5, 2.0))
 
 
 def test_uncertainty_option_writes_the_entropy_on_the_input_grid_and_scores_it(phantoms, weights, tmp_path):
