@@ -62,8 +62,9 @@ EXPERIMENTS = {  # model -> the held-out modalities it is tested on
     "multiphase": {"dacgan": ("mr",), "dadr": ("mr",)},
     "mr_bound": {"unet_mr": ("mr",)},
     "ct_only": {"unet_ct": ("ct", "mr"), "unet_ct_rand": ("ct", "mr")},
+    "dadr": {"dadr": ("mr",)},
 }
-FOLDED = {"da": ("ct", "mr"), "multiphase": ("ct", "mr"), "mr_bound": ("mr",), "ct_only": ("ct",)}  # the modalities each splits
+FOLDED = {"da": ("ct", "mr"), "multiphase": ("ct", "mr"), "mr_bound": ("mr",), "ct_only": ("ct",), "dadr": ("ct", "mr")}  # the modalities each splits
 TEST_SECTIONS = {"mr": "target_test", "ct": "source_test"}
 
 
@@ -106,9 +107,9 @@ def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[d
     gan_sizes = {k: sizes[k] for k in ("image_size", "dim")}
     if "dadr" in adaptations and not drl.is_file():
         run_stage1(fold_dir, drl.parent, settings["drl_iterations"], gan_sizes, resume=True, seed=settings["seed"],
-                   task_weight=settings["task_weight"])
+                   task_weight=settings["task_weight"], amp=settings["amp"])
     if "cyclegan" in adaptations and not cyclegan.is_file():
-        run_cyclegan(fold_dir, cyclegan.parent, settings["cyclegan_iterations"], gan_sizes, resume=True, seed=settings["seed"])
+        run_cyclegan(fold_dir, cyclegan.parent, settings["cyclegan_iterations"], gan_sizes, resume=True, seed=settings["seed"], amp=settings["amp"])
     rows = []
     for model, tests in models.items():
         adaptation = MODELS[model][1]
@@ -182,12 +183,13 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
         split_source: split the CT subjects into folds too (the paper). ``False``: every fold
             trains on all CT subjects and the folds split the MR only, for a small CT set;
             nothing is then tested on CT (table 2's CT columns stay empty).
-        experiments: which to run, comma-separated: ``da`` (tables 1-2), ``mr_bound``, ``ct_only``
-            (``multiphase`` runs when ``multiphase_datalist`` is given).
+        experiments: which to run, comma-separated: ``da`` (tables 1-2), ``mr_bound``, ``ct_only``,
+            ``dadr`` (DADR alone, e.g. for a stage-1 option; ``multiphase`` runs when
+            ``multiphase_datalist`` is given).
         ct_folds: folds over the CT subjects for ``ct_only`` (default: ``folds``).
         val_subjects: training subjects per modality held out for validation; the UNets are then
             evaluated at their best validation epoch (``model_best.pt``) instead of the last.
-        amp: ``bfloat16`` autocast for the UNets' training, or ``None``.
+        amp: ``bfloat16`` autocast for every training (GANs and UNets), or ``None``.
         iterations_per_epoch: UNet iterations per epoch (``None``: one pass over the slices), so
             that ``seg_epochs`` means the same compute for small and large training sets.
         unet_channels: the segmentation UNet's channels per level (default: train.yaml's).

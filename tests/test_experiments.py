@@ -156,6 +156,23 @@ def test_bounds_and_ct_only_baselines_fold_one_modality_each(phantoms, tmp_path)
         run_experiments(phantoms / "datalist.json", tmp_path / "other", experiments="mr_bound,nope")
 
 
+def test_dadr_experiment_with_the_task_aware_content_space(phantoms, tmp_path):
+    """``--experiments dadr --task_weight 1 --split_source False``: every CT subject trains stage 1
+    with its labels (the segmenter is in drl.pt), each MR image is tested once, by DADR alone."""
+    out = tmp_path / "dadr"
+    result = run_experiments(phantoms / "datalist.json", out, folds=2, size=64, dim=8, drl_iterations=4, seg_epochs=1,
+                             experiments="dadr", split_source=False, task_weight=1.0, amp="bfloat16", iterations_per_epoch=2)
+    datalist = json.loads((phantoms / "datalist.json").read_text())
+    mr_images = sorted(e["image"] for e in datalist["target_labelled"] + datalist["target_test"])
+    assert sorted(r["image"].split("/")[-1] for r in result["rows"]) == sorted(i.split("/")[-1] for i in mr_images)
+    assert {r["model"] for r in result["rows"]} == {"dadr"}
+    for fold in (0, 1):
+        sections = json.loads((out / "dadr" / f"fold_{fold}" / "datalist.json").read_text())
+        assert len(sections["source"]) == len(datalist["source"]) and not sections.get("source_test")
+        assert any(k.startswith("task_segmenter.") for k in torch.load(out / "dadr" / f"fold_{fold}" / "drl" / "drl.pt"))
+    assert "DADR alone" in (out / "results.md").read_text()
+
+
 def test_experiments_script_names_a_bad_datalist(tmp_path):
     bad = tmp_path / "datalist.json"
     bad.write_text(json.dumps({"source": [{"image": "ct.nii.gz", "label": "ct_liver.nii.gz"}], "target": [{"image": "mr.nii.gz"}]}))
