@@ -14,7 +14,7 @@ import torch
 
 from bundle.errors import DataError, unwrap_data_error
 
-__all__ = ["run_cli", "flag", "brief_errors", "check_device", "check_choice"]
+__all__ = ["run_cli", "flag", "brief_errors", "check_device", "check_choice", "init_distributed", "end_distributed"]
 
 
 def run_cli(component: Any) -> None:
@@ -54,9 +54,10 @@ def brief_errors() -> None:
             return
         with tempfile.NamedTemporaryFile("w", prefix="dadr-error-", suffix=".log", delete=False) as log:
             log.write("".join(traceback.format_exception(kind, value, tb)))
-        print(f"error: {error} (traceback: {log.name})", file=sys.stderr)
         sys.stdout.flush()
-        sys.stderr.flush()
+        # the process's own stderr: torch.distributed's excepthook calls this one with sys.stderr
+        # swapped for a buffer that it would print only after we return, and we exit here
+        print(f"error: {error} (traceback: {log.name})", file=sys.__stderr__, flush=True)
         os._exit(2)  # SystemExit cannot be raised from an excepthook
 
     sys.excepthook = hook
@@ -81,3 +82,21 @@ def check_choice(value: Any, name: str, choices: tuple) -> Any:
     if value not in choices:
         raise DataError(f"--{name}", f"must be one of {', '.join(map(str, choices))}, got {value!r}")
     return value
+
+
+def init_distributed(device: str | torch.device) -> bool:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1): NCCL for CUDA
+    devices, gloo on CPUs. A plain ``python`` run stays one process. Returns whether distributed."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
+        return torch.distributed.is_initialized()
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return True
+
+
+def end_distributed() -> None:
+    """Leave the process group, if any (configs' ``finalize``)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

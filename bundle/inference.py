@@ -2,8 +2,10 @@
 
 MONAI's evaluator stops at the first unreadable case; a clinical folder always has one. This
 runner applies the bundle's own MONAI preprocessing, ``SliceInferer`` and postprocessing to one
-case at a time, writes both outputs of a case atomically, reports a bad case by name and goes
-on with the others, and fails at the end if any case failed.
+case at a time, writes the outputs of a case atomically, reports a bad case by name and goes
+on with the others, and fails at the end if any case failed. Under ``torchrun`` each rank
+segments its share of the cases (every case once) and rank 0 reports for all; ``num_workers``
+threads read the next cases and write the finished ones while the network runs.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from bundle.atomic import atomic_outputs, check_writable_dir
 from bundle.data.readers import IMAGE_SUFFIXES, case_name
@@ -77,23 +81,32 @@ class SegmentVolumes:
         amp: ``bfloat16`` autocast for the network (about twice as fast on CPUs with bfloat16
             arithmetic; a few boundary voxels may differ from float32), or ``None``.
         uncertainty: write the inferer's third output as ``<case>_uncertainty.nii.gz``.
+        num_workers: threads that read the next cases (this many ahead) and write finished ones
+            while the network runs; 0: one step after the other.
     """
 
     def __init__(self, network: LiverSegmenter, preprocessing: Callable, inferer: Callable, postprocessing: Callable,
                  dataset_dir: str | Path, output_dir: str | Path, device: str | torch.device = "cpu", amp: str | None = None,
-                 uncertainty: bool = False) -> None:
+                 uncertainty: bool = False, num_workers: int = 0) -> None:
         self.network, self.preprocessing, self.inferer, self.postprocessing = network, preprocessing, inferer, postprocessing
         self.dataset_dir, self.output_dir, self.device = Path(dataset_dir), Path(output_dir), torch.device(device)
         if amp not in (None, "bfloat16"):
             raise DataError("--amp", f"must be null or bfloat16, got {amp!r}")
-        self.amp, self.uncertainty = amp, uncertainty
+        if int(num_workers) < 0:
+            raise DataError("--num_workers", f"must be 0 or more, got {num_workers}")
+        self.amp, self.uncertainty, self.num_workers = amp, uncertainty, int(num_workers)
 
-    @torch.no_grad()
     def predict(self, path: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """({"liver": mask uint8, "content": float32[, "uncertainty": float32]}, affine) of one
         volume, on its own grid. The volume is read once, by the preprocessing's loader, which validates it.
         """
-        data = self.preprocessing({"image": str(path)})
+        return self._infer(self._load(path))
+
+    def _load(self, path: Path) -> dict:
+        return self.preprocessing({"image": str(path)})
+
+    @torch.no_grad()
+    def _infer(self, data: dict) -> tuple[dict[str, np.ndarray], np.ndarray]:
         self.network.eval()
         image = data["image"].to(self.device)[None]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp is not None):
@@ -120,6 +133,11 @@ class SegmentVolumes:
                 _write_nifti(array, affine, tmp)
         return paths
 
+    def _write_case(self, path: Path, outputs: dict[str, np.ndarray], affine: np.ndarray, start: float) -> dict[str, Path]:
+        paths = self.write(case_name(path), outputs, affine, self.output_dir)
+        logger.info("%s -> %s (%.1f s)", path.name, paths["liver"], time.perf_counter() - start)
+        return paths
+
     def segment(self, path: Path) -> dict[str, Path]:
         """Segment one volume into ``output_dir``; returns the paths of its outputs by key (``liver``, ``content``, ...)."""
         return self.write(case_name(path), *self.predict(path), self.output_dir)
@@ -139,26 +157,76 @@ class SegmentVolumes:
                         raise DataError(existing, "is in the input folder and would be overwritten; choose another --output_dir")
 
     def __call__(self) -> dict[str, str]:
-        """Segment every case; returns ``{case: mask path}``. Raises after the loop if any case failed."""
+        """Segment every case (under ``torchrun``, this rank's share); returns ``{case: mask path}``
+        of all cases. Raises after the loop if any case failed (rank 0, for every rank's cases)."""
+        start = time.perf_counter()
         cases = find_volumes(self.dataset_dir)
         self._check_outputs(cases)
         check_writable_dir(self.output_dir)
-        done, failed = {}, []
-        for path in cases:
-            start = time.perf_counter()
-            try:
-                mask = self.segment(path)["liver"]
-            except Exception as e:  # any failure is this case's, not the folder's
-                error = unwrap_data_error(e)  # MONAI wraps our reader's DataError in "applying transform ..."
-                if not isinstance(error, DataError):
-                    while error.__cause__ is not None:
-                        error = error.__cause__
-                message = str(error) if isinstance(error, DataError) else f"{path}: {error}"
-                logger.error("%s", message)
-                failed.append(message)
-                continue
-            done[case_name(path)] = str(mask)
-            logger.info("%s -> %s (%.1f s)", path.name, mask, time.perf_counter() - start)
-        if failed:
-            raise DataError(self.dataset_dir, f"{len(failed)} of {len(cases)} cases failed: " + "; ".join(failed))
-        return done
+        distributed = dist.is_available() and dist.is_initialized()
+        rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+        done, failed = self._segment_all(cases[rank::world])
+        if distributed:
+            gathered: list = [None] * world
+            dist.all_gather_object(gathered, (done, failed))
+            done = {k: v for d, _ in gathered for k, v in d.items()}
+            failed = [m for _, f in gathered for m in f]
+        if rank == 0:
+            minutes = (time.perf_counter() - start) / 60
+            logger.info("%d of %d cases segmented in %.1f min (%.1f volumes/min, %d process(es))", len(done), len(cases), minutes,
+                        len(done) / minutes if minutes > 0 else float("inf"), world)
+            if failed:
+                raise DataError(self.dataset_dir, f"{len(failed)} of {len(cases)} cases failed: " + "; ".join(failed))
+        return dict(sorted(done.items()))
+
+    def _segment_all(self, cases: list[Path]) -> tuple[dict[str, str], list[str]]:
+        """Segment ``cases``: ({case: mask path}, [failure messages]). With ``num_workers``, reading
+        runs ``num_workers`` cases ahead and writing behind, in threads, beside the network."""
+        pool = ThreadPoolExecutor(self.num_workers) if self.num_workers > 0 else None
+        submit = pool.submit if pool is not None else _call_now
+        ahead = max(self.num_workers, 1)
+        loads = {i: submit(self._load, path) for i, path in enumerate(cases[:ahead])}
+        writes, failed = [], []
+        try:
+            for i, path in enumerate(cases):
+                if i + ahead < len(cases):
+                    loads[i + ahead] = submit(self._load, cases[i + ahead])
+                start = time.perf_counter()
+                try:
+                    outputs, affine = self._infer(loads.pop(i).result())
+                except Exception as e:  # any failure is this case's, not the folder's
+                    failed.append(_failure(path, e))
+                    continue
+                writes.append((path, submit(self._write_case, path, outputs, affine, start)))
+            done = {}
+            for path, written in writes:
+                try:
+                    done[case_name(path)] = str(written.result()["liver"])
+                except Exception as e:
+                    failed.append(_failure(path, e))
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        return done, failed
+
+
+def _call_now(fn: Callable, *args) -> Future:
+    """``fn(*args)`` run at once, as a finished future: the no-thread path of ``_segment_all``."""
+    future: Future = Future()
+    try:
+        future.set_result(fn(*args))
+    except Exception as e:
+        future.set_exception(e)
+    return future
+
+
+def _failure(path: Path, e: Exception) -> str:
+    """The one-line report of a failed case, logged: our ``DataError`` (file and problem) where
+    there is one under MONAI's wrappers, else the root cause with the case's path."""
+    error = unwrap_data_error(e)  # MONAI wraps our reader's DataError in "applying transform ..."
+    if not isinstance(error, DataError):
+        while error.__cause__ is not None:
+            error = error.__cause__
+    message = str(error) if isinstance(error, DataError) else f"{path}: {error}"
+    logger.error("%s", message)
+    return message

@@ -403,3 +403,28 @@ def test_uncertainty_option_writes_the_entropy_on_the_input_grid_and_scores_it(p
     rows = json.loads((out / "metrics.json").read_text())["subjects"]
     assert len(rows) == len(entries) and all(r["uncertainty"] > 0 for r in rows)
     assert "uncertainty" in (out / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_torchrun_splits_the_cases_between_ranks_and_reports_once(phantoms, weights, tmp_path):
+    """2 ranks (gloo) with reading/writing threads: every case once, masks equal to a single
+    process's voxel for voxel, the bad case and the summary reported as often as by one process."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for path in sorted((phantoms / "mr").glob("*_image.nii.gz"))[:4]:
+        shutil.copy(path, inputs / path.name)
+    (inputs / "bad_corrupt.nii.gz").write_bytes(b"not an image")
+    single = run_inference(inputs, tmp_path / "single", weights / "model.pt")
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run", "inference",
+            "--config_file", "configs/inference.yaml", "--dataset_dir", str(inputs), "--output_dir", str(tmp_path / "ranks"),
+            "--model_path", str(weights / "model.pt"), "--num_workers", "2", *[a for k, v in SIZES.items() for a in (f"--{k}", str(v))]]
+    ranks = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert single.returncode != 0 and ranks.returncode != 0
+    single_log, ranks_log = single.stdout + single.stderr, ranks.stdout + ranks.stderr
+    for text in ("bad_corrupt.nii.gz: cannot be read", "1 of 5 cases failed", "4 of 5 cases segmented"):
+        assert ranks_log.count(text) == single_log.count(text) >= 1, (text, ranks_log[-3000:])
+    outputs = sorted(p.name for p in (tmp_path / "single").iterdir())
+    assert outputs == sorted(p.name for p in (tmp_path / "ranks").iterdir()) and len(outputs) == 8
+    for name in outputs:
+        if name.endswith("_liver.nii.gz"):
+            a, b = (np.asarray(nib.load(tmp_path / run / name).dataobj) for run in ("single", "ranks"))
+            assert np.array_equal(a, b), name
