@@ -14,7 +14,7 @@ import torch
 
 from bundle.errors import DataError, unwrap_data_error
 
-__all__ = ["run_cli", "flag", "brief_errors", "check_device", "check_choice", "init_distributed", "end_distributed"]
+__all__ = ["run_cli", "flag", "optional", "brief_errors", "check_device", "check_choice", "init_distributed", "end_distributed"]
 
 
 def run_cli(component: Any) -> None:
@@ -38,6 +38,11 @@ def flag(value: bool | str, name: str) -> bool:
     if text in ("false", "0", "no"):
         return False
     raise ValueError(f"--{name} must be True or False, got {value!r}")
+
+
+def optional(value: Any) -> Any:
+    """An option whose default is ``null``: fire passes ``--amp null`` as the string ``"null"``."""
+    return None if isinstance(value, str) and value.strip().lower() in ("null", "none") else value
 
 
 def brief_errors() -> None:

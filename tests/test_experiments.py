@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import run_script
 
-from bundle.cli import flag
+from bundle.cli import flag, optional
 from bundle.data.adapted import AdaptedSlices
 from bundle.data.datalist import read_datalist
 from bundle.errors import DataError
@@ -185,3 +185,4 @@ def test_command_line_flags_read_true_and_false_in_any_spelling():
     assert [flag(v, "x") for v in (True, "true", "True", "1", False, "false", "FALSE", "0")] == [True] * 4 + [False] * 4
     with pytest.raises(ValueError, match="--split_source must be True or False, got 'maybe'"):
         flag("maybe", "split_source")
+    assert [optional(v) for v in ("null", "None", None, "bfloat16")] == [None, None, None, "bfloat16"]  # --amp null

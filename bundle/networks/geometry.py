@@ -22,7 +22,8 @@ def _resize(x: torch.Tensor, height: int, width: int, mode: str) -> torch.Tensor
         return x
     if mode == "nearest":
         return F.interpolate(x, size=(height, width), mode="nearest")
-    return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+    # antialiased resizing has no bfloat16 kernel: under autocast, resize in float32
+    return F.interpolate(x.float(), size=(height, width), mode="bilinear", align_corners=False, antialias=True)
 
 
 def to_square(x: torch.Tensor, size: int, mode: str = "bilinear", pad_value: float = -1.0) -> torch.Tensor:
