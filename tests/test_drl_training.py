@@ -143,18 +143,3 @@ def test_task_aware_content_space_trains_both_content_encoders_through_the_ct_la
     with pytest.raises(ValueError, match="no labels"):
         paper(out, x_ct, x_mr, *styles, adv)
 
-
-def test_bundle_run_with_task_weight_logs_the_task_term_and_stage_2_reads_its_weights(tmp_path):
-    """``--task_weight 1``: CT labels loaded, the task term trained and logged; the DRLModule's
-    weights carry the segmenter, which the content path of stage 2 leaves out."""
-    from bundle.networks import LiverSegmenter, load_drl_weights
-    from bundle.networks.content_only import ContentOnly
-
-    result = run_bundle(tmp_path, "task", 4, "--task_weight", "1.0", "--val_interval", "2")
-    assert "task" in result.stdout + result.stderr
-    state = torch.load(tmp_path / "task/drl.pt")
-    assert any(k.startswith("task_segmenter.") for k in state)
-    segmenter = LiverSegmenter(64, ContentOnly(dim=8, n_res=2, mlp_dim=32, shared_res=1), torch.nn.Conv2d(1, 2, 1))
-    load_drl_weights(segmenter, tmp_path / "task/drl.pt")
-    loaded = segmenter.content_path.content_encoders["mr"].state_dict()
-    assert all(torch.equal(v, state[f"content_encoders.mr.{k}"]) for k, v in loaded.items())

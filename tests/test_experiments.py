@@ -169,8 +169,14 @@ def test_dadr_experiment_with_the_task_aware_content_space(phantoms, tmp_path):
     for fold in (0, 1):
         sections = json.loads((out / "dadr" / f"fold_{fold}" / "datalist.json").read_text())
         assert len(sections["source"]) == len(datalist["source"]) and not sections.get("source_test")
-        assert any(k.startswith("task_segmenter.") for k in torch.load(out / "dadr" / f"fold_{fold}" / "drl" / "drl.pt"))
+        drl = torch.load(out / "dadr" / f"fold_{fold}" / "drl" / "drl.pt")
+        assert any(k.startswith("task_segmenter.") for k in drl)
+        model = torch.load(out / "dadr" / f"fold_{fold}" / "dadr" / "model.pt")  # stage 2 took the content path alone
+        assert not any("task_segmenter" in k for k in model)
+        assert all(torch.equal(model[f"content_path.{k}"], v) for k, v in drl.items() if k.startswith("content_encoders.mr."))
     assert "DADR alone" in (out / "results.md").read_text()
+    log = [json.loads(line) for line in (out / "dadr" / "fold_0" / "drl" / "validation.jsonl").read_text().splitlines()]
+    assert log  # stage 1 validated
 
 
 def test_experiments_script_names_a_bad_datalist(tmp_path):
