@@ -1,4 +1,5 @@
-"""Shipping trained weights: half-precision copies of ``model.pt`` and ``drl.pth`` for ``models/``.
+"""Shipping trained weights: half-precision copies of ``model.pt`` and ``drl.pth`` for ``models/``,
+and publishing a retrained model as the served one.
 
 The two float32 state dicts of the 128 px / dim 32 model are 25 + 33 MB; stored as float16 they
 fit the 40 MB budget of ``models/`` together. Loading needs nothing special: ``load_state_dict``
@@ -7,6 +8,7 @@ copies float16 tensors into the float32 parameters, and inference runs in float3
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -15,7 +17,7 @@ from bundle.atomic import atomic_outputs
 from bundle.errors import DataError
 from bundle.networks.segmenter import read_weights
 
-__all__ = ["ship_weights"]
+__all__ = ["ship_weights", "publish"]
 
 
 def _half(path: Path) -> dict[str, torch.Tensor]:
@@ -42,3 +44,17 @@ def ship_weights(model: str | Path, drl: str | Path, out: str | Path = "models",
         if sum(sizes.values()) > max_mb:
             raise DataError(out, f"the weights would take {sum(sizes.values()):.1f} MB ({sizes}), over the {max_mb} MB budget")
     return sizes
+
+
+def publish(model: str | Path, served: str | Path) -> Path:
+    """Replace the served model ``served`` (``models/model.pt``) by the trained ``model``, atomically.
+
+    Training writes into its own run folder; only the workflow that is meant to update what a
+    server serves (``train.yaml``'s ``run``, which MONAI Label's train task runs) calls this.
+    """
+    model, served = Path(model), Path(served)
+    read_weights(model)  # a readable state dict with finite weights, or a DataError naming the file
+    served.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_outputs([served]) as (tmp,):
+        shutil.copyfile(model, tmp)
+    return served

@@ -55,10 +55,14 @@ def bundle_dir(phantoms, tmp_path_factory) -> Path:
         (root / "configs" / name).write_text(yaml.safe_dump(config, sort_keys=False))
     (root / "models").mkdir()
     run_bundle("training", config_file=str(root / "configs/drl_train.yaml"), bundle_root=str(root), dataset_dir=str(phantoms),
-               max_iterations=20, val_interval=10, n_val_slices=4)
+               max_iterations=20, val_interval=10, n_val_slices=4, drl_path=str(root / "models/drl.pth"))
     run_bundle("training", config_file=str(root / "configs/train.yaml"), bundle_root=str(root), dataset_dir=str(phantoms),
                train_section="target_test", max_epochs=3)
+    assert not (root / "models/model.pt").exists()  # the command line's training never writes into models/
+    run_bundle("run", config_file=str(root / "configs/train.yaml"), bundle_root=str(root), dataset_dir=str(phantoms),
+               train_section="target_test", max_epochs=3)  # the workflow MONAI Label runs publishes its result
     assert (root / "models/drl.pth").is_file() and (root / "models/model.pt").is_file()
+    assert (root / "models/model.pt").read_bytes() == (root / "runs/seg/model.pt").read_bytes()
     return root
 
 
