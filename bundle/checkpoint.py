@@ -122,7 +122,7 @@ class AtomicCheckpoint:
         final.parent.mkdir(parents=True, exist_ok=True)
         with atomic_outputs([final]) as (tmp,):
             torch.save(unwrap(self.network).state_dict(), tmp)
-        logger.info("%s weights written to %s", type(unwrap(self.network)).__name__, final)
+        logger.info("%s weights written to %s after %d iterations", type(unwrap(self.network)).__name__, final, engine.state.iteration)
         if self.remove_when_done:
             for path in checkpoints(self.save_dir, self.prefix):
                 path.unlink(missing_ok=True)

@@ -43,13 +43,15 @@ class AdversarialLoss(nn.Module):
             raise ValueError(f"adversarial mode must be one of {sorted(criteria)}, got {mode!r}")
         self.loss = PatchAdversarialLoss(criterion=criteria[mode], no_activation_leastsq=True)
 
-    @staticmethod
-    def _float(scores: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [s.float() for s in scores]  # BCE is not autocast-safe; scores are tiny anyway
+    def _score(self, scores: list[torch.Tensor], target_is_real: bool, for_discriminator: bool) -> torch.Tensor:
+        """MONAI's criterion in float32 outside autocast: CUDA autocast refuses BCE outright
+        (casting the inputs is not enough there; CPU autocast lets it pass); scores are tiny anyway."""
+        with torch.autocast(scores[0].device.type, enabled=False):
+            return self.loss([s.float() for s in scores], target_is_real, for_discriminator)
 
     def discriminator(self, real: list[torch.Tensor], fake: list[torch.Tensor]) -> torch.Tensor:
         """D's side: real scores towards real, fake scores towards fake."""
-        return self.loss(self._float(real), True, True) + self.loss(self._float(fake), False, True)
+        return self._score(real, True, True) + self._score(fake, False, True)
 
     def discriminator_on_batch(self, scores: list[torch.Tensor], n_real: int) -> torch.Tensor:
         """D's side on one pass over ``cat([real, fake])``: the first ``n_real`` samples of every
@@ -58,7 +60,7 @@ class AdversarialLoss(nn.Module):
 
     def generator(self, fake: list[torch.Tensor]) -> torch.Tensor:
         """G's side: fake scores towards real."""
-        return self.loss(self._float(fake), True, False)
+        return self._score(fake, True, False)
 
 
 class ContentAdversarialLoss(nn.Module):

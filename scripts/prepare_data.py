@@ -3,12 +3,13 @@
     python scripts/prepare_data.py case --image IMG --mask MASK --out DIR --name NAME [--liver_label K] [--organs right_kidney=2,left_kidney=3,spleen=4]
     python scripts/prepare_data.py chaos --root ROOT --out DIR
     python scripts/prepare_data.py datalist --source DIR[,DIR...] --target DIR [--target_test DIR] --out FILE
+    python scripts/prepare_data.py slice_cache --datalist FILE --out FILE.pt.xz [--image_size 128]
 """
 
 import json
 
 from bundle.cli import run_cli
-from bundle.data import prepare
+from bundle.data import prepare, slices
 
 
 class PrepareData:
@@ -28,6 +29,13 @@ class PrepareData:
         """Datalist JSON: labelled source (one folder or several, comma-separated), unlabelled target, optional labelled target_test."""
         datalist = prepare.make_datalist(source, target, out, target_test)
         print(f"{out}: " + ", ".join(f"{k}={len(v)}" for k, v in datalist.items()))
+
+
+    def slice_cache(self, datalist: str, out: str, image_size: int = 128, num_workers: int = 2) -> None:
+        """Stage 1's CT (with labels) and MR slices of DATALIST in one file, for a machine that trains
+        stage 1 without the volumes or SimpleITK (drl_train.yaml --slice_cache FILE)."""
+        counts = slices.save_slice_cache(datalist, out, image_size, num_workers)
+        print(f"{out}: " + ", ".join(f"{m}={n} slices" for m, n in counts.items()))
 
 
 if __name__ == "__main__":

@@ -13,17 +13,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
+import io
+import lzma
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from bundle.atomic import atomic_outputs
 from bundle.data.datalist import read_datalist
 from bundle.data.intensity import CT_WINDOW, MR_PERCENTILES
 from bundle.data.preprocess import volume_transform
 from bundle.errors import DataError, unwrap_data_error
 from bundle.networks.geometry import to_square
 
-__all__ = ["volume_slices", "load_slices", "UnpairedSlices", "evenly_spaced"]
+__all__ = ["volume_slices", "load_slices", "save_slice_cache", "load_slice_cache", "UnpairedSlices", "evenly_spaced"]
 
 
 def _to_slices(volume: torch.Tensor, image_size: int, mode: str, pad_value: float) -> torch.Tensor:
@@ -92,6 +96,48 @@ def load_slices(datalist: str | Path, section: str, modality: str, image_size: i
     """:func:`volume_slices` of one datalist section (``intensity``: ``ct_window``, ``mr_percentiles``)."""
     entries = read_datalist(datalist, section)
     return volume_slices(entries, modality, image_size, with_label, min_foreground, num_workers, source=f"{datalist} [{section}]", **intensity)
+
+
+def save_slice_cache(datalist: str | Path, path: str | Path, image_size: int, num_workers: int = 0, **intensity) -> dict:
+    """Stage 1's slices of a datalist (``source`` CT with labels, ``target`` MR) in one xz file.
+
+    Stage 1 reads only slices, so a machine that trains it (a GPU node, a cluster job) needs
+    neither the volumes nor their readers: this file, a few times smaller than the volumes, is
+    enough (``load_slice_cache``). Images are stored as 8 bits over [-1, 1] (steps of 1/127.5,
+    below the generators' output precision that matters); returns the counts written.
+    """
+    quantise = lambda x: ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    cache = {}
+    for section, modality, with_label in (("source", "ct", True), ("target", "mr", False)):
+        entries = read_datalist(datalist, section)
+        data = volume_slices(entries, modality, image_size, with_label, num_workers=num_workers, source=f"{datalist} [{section}]", **intensity)
+        cache[modality] = {"image": quantise(data["image"]), "subject": data["subject"],
+                           "names": [e.get("subject") or Path(e["image"]).name for e in entries]}
+        if with_label:
+            cache[modality]["label"] = data["label"].to(torch.uint8)
+    buffer = io.BytesIO()
+    torch.save(cache, buffer)
+    with atomic_outputs([Path(path)]) as (tmp,):
+        tmp.write_bytes(lzma.compress(buffer.getvalue(), preset=9))
+    return {m: len(c["image"]) for m, c in cache.items()}
+
+
+def load_slice_cache(path: str | Path, modality: str, with_label: bool = False, subjects: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """:func:`load_slices`'s result for ``modality`` from a :func:`save_slice_cache` file, restricted
+    to the volumes named in ``subjects`` (a fold's training subjects; ``None``: all)."""
+    try:
+        cache = torch.load(io.BytesIO(lzma.decompress(Path(path).read_bytes())), weights_only=True)[modality]
+    except (OSError, lzma.LZMAError, KeyError, RuntimeError) as e:
+        raise DataError(path, f"is not a slice cache with {modality.upper()} slices ({e})") from e
+    names = cache["names"]
+    wanted = names if subjects is None else list(subjects)
+    if missing := [s for s in wanted if s not in names]:
+        raise DataError(path, f"has no subject {missing[0]!r} (it has {', '.join(names)})")
+    keep = torch.isin(cache["subject"], torch.tensor([names.index(s) for s in wanted]))
+    out = {"image": cache["image"][keep].float() / 127.5 - 1, "subject": cache["subject"][keep]}
+    if with_label:
+        out["label"] = cache["label"][keep].float()
+    return out
 
 
 class UnpairedSlices(Dataset):
