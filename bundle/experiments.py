@@ -56,13 +56,14 @@ MODELS = {
     "unet_mr": ({"adaptation": "none", "train_section": "target_labelled", "train_modality": "mr"}, "none"),
     "joint": ({"adaptation": "dadr", "train_section": "source", "train_modality": "ct", "joint": True}, "dadr"),
     "unet_ct_rand": ({"adaptation": "none", "train_section": "source", "train_modality": "ct", "appearance_randomisation": True}, "none"),
+    "dadr_rand": ({"adaptation": "dadr", "train_section": "source", "train_modality": "ct", "appearance_randomisation": True}, "dadr"),
 }
 EXPERIMENTS = {  # model -> the held-out modalities it is tested on
     "da": {"unet_ct": ("mr", "ct"), "dacgan": ("mr",), "dadr": ("mr",), "unet_mr": ("mr", "ct"), "joint": ("mr", "ct")},
     "multiphase": {"dacgan": ("mr",), "dadr": ("mr",)},
     "mr_bound": {"unet_mr": ("mr",)},
     "ct_only": {"unet_ct": ("ct", "mr"), "unet_ct_rand": ("ct", "mr")},
-    "dadr": {"dadr": ("mr",)},
+    "dadr": {"dadr_rand": ("mr",), "dadr": ("mr",)},  # our default (appearance randomisation of content-only CT), and without
 }
 FOLDED = {"da": ("ct", "mr"), "multiphase": ("ct", "mr"), "mr_bound": ("mr",), "ct_only": ("ct",), "dadr": ("ct", "mr")}  # the modalities each splits
 TEST_SECTIONS = {"mr": "target_test", "ct": "source_test"}
