@@ -42,6 +42,7 @@ from bundle.errors import DataError
 from bundle.figures import adaptation_figure, slice_grid
 from bundle.folds import LABELLED_MR_SECTIONS, fold_datalist, labelled_entries, subject, subject_folds
 from bundle.pipeline import CONFIGS, run_cyclegan, run_evaluation, run_stage1, run_stage2
+from bundle.self_training import PSEUDO_SECTION, pseudo_label
 from bundle.tables import tables
 
 __all__ = ["MODELS", "EXPERIMENTS", "run_experiments", "experiment_figures"]
@@ -57,15 +58,23 @@ MODELS = {
     "joint": ({"adaptation": "dadr", "train_section": "source", "train_modality": "ct", "joint": True}, "dadr"),
     "unet_ct_rand": ({"adaptation": "none", "train_section": "source", "train_modality": "ct", "appearance_randomisation": True}, "none"),
     "dadr_rand": ({"adaptation": "dadr", "train_section": "source", "train_modality": "ct", "appearance_randomisation": True}, "dadr"),
+    # self-training: labelled CT + the fold's training MR pseudo-labelled by the TEACHERS model (bundle/self_training.py)
+    "unet_ct_rand_st": ({"adaptation": "none", "train_section": "source", "train_modality": "ct", "appearance_randomisation": True,
+                         "joint": True, "joint_section": PSEUDO_SECTION}, "none"),
+    "dadr_rand_st": ({"adaptation": "dadr", "train_section": "source", "train_modality": "ct", "appearance_randomisation": True,
+                      "joint": True, "joint_section": PSEUDO_SECTION}, "dadr"),
 }
+TEACHERS = {"unet_ct_rand_st": "unet_ct_rand", "dadr_rand_st": "dadr_rand"}  # self-trained model -> the model whose masks it learns
 EXPERIMENTS = {  # model -> the held-out modalities it is tested on
     "da": {"unet_ct": ("mr", "ct"), "dacgan": ("mr",), "dadr": ("mr",), "unet_mr": ("mr", "ct"), "joint": ("mr", "ct")},
     "multiphase": {"dacgan": ("mr",), "dadr": ("mr",)},
     "mr_bound": {"unet_mr": ("mr",)},
     "ct_only": {"unet_ct": ("ct", "mr"), "unet_ct_rand": ("ct", "mr")},
-    "dadr": {"dadr_rand": ("mr",), "dadr": ("mr",)},  # our default (appearance randomisation of content-only CT), and without
+    "dadr": {"dadr_rand": ("mr",), "dadr_rand_st": ("mr",), "dadr": ("mr",)},  # our default and its ablations
+    "self_training": {"unet_ct_rand": ("mr",), "unet_ct_rand_st": ("mr",)},  # self-training without adaptation
 }
-FOLDED = {"da": ("ct", "mr"), "multiphase": ("ct", "mr"), "mr_bound": ("mr",), "ct_only": ("ct",), "dadr": ("ct", "mr")}  # the modalities each splits
+FOLDED = {"da": ("ct", "mr"), "multiphase": ("ct", "mr"), "mr_bound": ("mr",), "ct_only": ("ct",), "dadr": ("ct", "mr"),
+          "self_training": ("ct", "mr")}  # the modalities each splits
 TEST_SECTIONS = {"mr": "target_test", "ct": "source_test"}
 
 
@@ -118,10 +127,12 @@ def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[d
         overrides = _stage2_overrides(model, settings, sections)
         if not _trained(model_dir):
             start = time.perf_counter()
+            if model in TEACHERS:
+                overrides["datalist"] = str(_pseudo_datalist(fold_dir, model_dir, TEACHERS[model], sections, sizes, drl, settings))
             run_stage2(fold_dir, model_dir, drl, settings["seg_epochs"], sizes, cyclegan_path=str(cyclegan), seed=settings["seed"],
                        **overrides)
             _write_json(model_dir / "trained", {"train_seconds": round(time.perf_counter() - start, 1)})
-        model_path = model_dir / ("model_best.pt" if "val_section" in overrides else "model.pt")  # the best validation epoch
+        model_path = _model_path(model_dir, overrides)
         train_seconds = _train_seconds(model_dir)
         for test in tests:
             if not sections.get(TEST_SECTIONS[test]):
@@ -134,6 +145,23 @@ def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[d
             rows += [{"fold": fold, "model": model, "test": test, "train_seconds": train_seconds, **row} for row in metrics["subjects"]]
     _write_json(done, rows)
     return rows
+
+
+def _model_path(model_dir: Path, overrides: dict) -> Path:
+    """The stage-2 weights a model is tested with: its best validation epoch where it had validation."""
+    return model_dir / ("model_best.pt" if "val_section" in overrides else "model.pt")
+
+
+def _pseudo_datalist(fold_dir: Path, model_dir: Path, teacher: str, sections: dict, sizes: dict, drl: Path, settings: dict) -> Path:
+    """The fold's datalist plus its training MR pseudo-labelled by ``teacher`` (trained before in
+    this fold), in ``model_dir``: the training data of a self-trained model."""
+    teacher_path = _model_path(fold_dir / teacher, _stage2_overrides(teacher, settings, sections))
+    kept = pseudo_label(sections["target"], teacher_path, model_dir / "pseudo", sizes, MODELS[teacher][1], drl_path=drl, amp=settings["amp"])
+    if not kept:
+        raise DataError(model_dir / "pseudo" / "pseudo_labels.json", f"no pseudo-label of {teacher} passed the filters: nothing to self-train on")
+    path = model_dir / "datalist.json"
+    _write_json(path, sections | {PSEUDO_SECTION: kept})
+    return path
 
 
 def _train_seconds(model_dir: Path) -> float | None:
@@ -185,7 +213,8 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
             trains on all CT subjects and the folds split the MR only, for a small CT set;
             nothing is then tested on CT (table 2's CT columns stay empty).
         experiments: which to run, comma-separated: ``da`` (tables 1-2), ``mr_bound``, ``ct_only``,
-            ``dadr`` (DADR alone, e.g. for a stage-1 option; ``multiphase`` runs when
+            ``dadr`` (DADR, with appearance randomisation, and self-trained: one stage 1 per fold), ``self_training``
+            (the CT-trained randomised UNet and its self-trained student; ``multiphase`` runs when
             ``multiphase_datalist`` is given).
         ct_folds: folds over the CT subjects for ``ct_only`` (default: ``folds``).
         val_subjects: training subjects per modality held out for validation; the UNets are then

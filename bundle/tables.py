@@ -33,8 +33,14 @@ TABLES = [
         ("CT trained", "unet_ct", {"ct": "0.901 (0.020)", "mr": "0.260 (0.072)"}),
         ("CT trained, appearance randomisation", "unet_ct_rand", {"ct": "-", "mr": "-"}),
     ]),
-    ("DADR alone (a stage-1 option against the paper's figure)", "dadr", ("mr",), [
+    ("DADR alone and our additions (one stage 1 per fold; the paper's figure beside)", "dadr", ("mr",), [
         ("DADR (UNet on content-only CT)", "dadr", {"mr": "0.81 (0.03)"}),
+        ("+ appearance randomisation", "dadr_rand", {"mr": "-"}),
+        ("+ appearance randomisation + self-training", "dadr_rand_st", {"mr": "-"}),
+    ]),
+    ("Self-training without adaptation (every fold's CT: all; MR folds)", "self_training", ("mr",), [
+        ("CT trained, appearance randomisation", "unet_ct_rand", {"mr": "-"}),
+        ("+ self-training", "unet_ct_rand_st", {"mr": "-"}),
     ]),
 ]
 

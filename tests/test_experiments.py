@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import nibabel as nib
 import torch
 from conftest import run_script
 
@@ -156,18 +157,31 @@ def test_bounds_and_ct_only_baselines_fold_one_modality_each(phantoms, tmp_path)
         run_experiments(phantoms / "datalist.json", tmp_path / "other", experiments="mr_bound,nope")
 
 
-def test_dadr_experiment_with_the_task_aware_content_space(phantoms, tmp_path):
+def test_dadr_experiment_with_the_task_aware_content_space(phantoms, tmp_path, monkeypatch):
     """``--experiments dadr --task_weight 1 --split_source False``: every CT subject trains stage 1
-    with its labels (the segmenter is in drl.pt), each MR image is tested once, by DADR alone."""
+    with its labels (the segmenter is in drl.pt), each MR image is tested once by DADR, DADR with
+    appearance randomisation and its self-trained student, all on the same stage 1."""
+    import bundle.self_training as self_training
+    monkeypatch.setattr(self_training, "LIVER_ML", (0.0, float("inf")))  # a 1-epoch teacher's masks: keep them all
+    monkeypatch.setattr(self_training, "MAX_MEAN_ENTROPY", float("inf"))
     out = tmp_path / "dadr"
     result = run_experiments(phantoms / "datalist.json", out, folds=2, size=64, dim=8, drl_iterations=4, seg_epochs=1,
                              experiments="dadr", split_source=False, task_weight=1.0, amp="bfloat16", iterations_per_epoch=2)
     datalist = json.loads((phantoms / "datalist.json").read_text())
     mr_images = sorted(e["image"] for e in datalist["target_labelled"] + datalist["target_test"])
-    assert sorted(r["image"].split("/")[-1] for r in result["rows"]) == sorted(i.split("/")[-1] for i in mr_images)
-    assert {r["model"] for r in result["rows"]} == {"dadr"}
+    assert {r["model"] for r in result["rows"]} == {"dadr", "dadr_rand", "dadr_rand_st"}
+    for model in ("dadr", "dadr_rand", "dadr_rand_st"):
+        tested = sorted(r["image"].split("/")[-1] for r in result["rows"] if r["model"] == model)
+        assert tested == sorted(i.split("/")[-1] for i in mr_images)
     for fold in (0, 1):
         sections = json.loads((out / "dadr" / f"fold_{fold}" / "datalist.json").read_text())
+        student = json.loads((out / "dadr" / f"fold_{fold}" / "dadr_rand_st" / "datalist.json").read_text())
+        pseudo = student["target_pseudo"]  # the fold's unlabelled training MR, labelled by dadr_rand's masks
+        assert sorted(e["image"] for e in pseudo) == sorted(e["image"] for e in sections["target"])
+        test_images = {e["image"] for e in sections["target_test"]}
+        for entry in pseudo:
+            assert entry["image"] not in test_images and "dadr_rand_st/pseudo/masks" in entry["label"]
+            assert nib.load(entry["label"]).shape == nib.load(entry["image"]).shape
         assert len(sections["source"]) == len(datalist["source"]) and not sections.get("source_test")
         drl = torch.load(out / "dadr" / f"fold_{fold}" / "drl" / "drl.pt")
         assert any(k.startswith("task_segmenter.") for k in drl)

@@ -1,0 +1,86 @@
+"""Self-training on the target (not in the paper): pseudo-labels of the unlabelled training MR.
+
+A model trained on labelled CT (adapted or not) segments the unlabelled training MR through
+``configs/inference.yaml`` with its test-time contrast ensemble; each volume's mask (largest
+component) becomes that MR's pseudo-label when it passes the filters below, and stage 2 is trained
+again on the labelled CT plus the pseudo-labelled MR (``train.yaml --joint True --joint_section
+target_pseudo``). MR labels are never read: the filters look only at the prediction.
+
+Filters are per volume, not per voxel: MONAI's Dice loss has no ignore label, and a whole-volume
+error (a liver found in the spleen, a mask over half the abdomen) is the failure that hurts a
+retrained model most. A volume is kept when its liver volume is plausible for an adult and when
+the ensemble agrees with itself (the mean per-voxel entropy inside the mask is low).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from bundle.data.readers import case_name
+from bundle.errors import DataError
+from bundle.pipeline import CONFIGS, run_bundle
+
+__all__ = ["PSEUDO_SECTION", "volume_stats", "keep_pseudo_label", "pseudo_label"]
+
+logger = logging.getLogger(__name__)
+
+PSEUDO_SECTION = "target_pseudo"  # the datalist section of pseudo-labelled MR, read by train.yaml's joint_section
+LIVER_ML = (600.0, 4000.0)        # plausible adult liver volumes (mL); CHAOS and SABS livers lie in 1000-3000
+MAX_MEAN_ENTROPY = 0.25           # nats; the mean over the mask of the ensemble's per-voxel entropy (ln 2 = 0.69 is a coin)
+
+
+def volume_stats(mask_path: str | Path, uncertainty_path: str | Path) -> dict:
+    """Liver volume (mL) and mean ensemble entropy inside the mask of one predicted volume."""
+    mask_image = nib.load(str(mask_path))
+    mask = np.asarray(mask_image.dataobj) > 0
+    voxel_ml = float(np.prod(mask_image.header.get_zooms()[:3])) / 1000.0
+    entropy = np.asarray(nib.load(str(uncertainty_path)).dataobj, dtype=np.float32)
+    if entropy.shape != mask.shape:
+        raise DataError(uncertainty_path, f"has shape {entropy.shape}, its mask {mask_path} has {mask.shape}")
+    return {"liver_ml": round(float(mask.sum()) * voxel_ml, 1),
+            "mean_entropy": round(float(entropy[mask].mean()) if mask.any() else float("inf"), 4)}
+
+
+def keep_pseudo_label(stats: dict, liver_ml: tuple[float, float] | None = None, max_mean_entropy: float | None = None) -> bool:
+    """Whether a predicted volume is trusted as a pseudo-label (see the module docstring);
+    the bounds default to ``LIVER_ML`` and ``MAX_MEAN_ENTROPY``."""
+    low, high = LIVER_ML if liver_ml is None else liver_ml
+    max_mean_entropy = MAX_MEAN_ENTROPY if max_mean_entropy is None else max_mean_entropy
+    return low <= stats["liver_ml"] <= high and stats["mean_entropy"] <= max_mean_entropy
+
+
+def pseudo_label(entries: list[dict], model_path: str | Path, out: str | Path, sizes: dict, adaptation: str,
+                 drl_path: str | Path | None = None, amp: str | None = None, **filters) -> list[dict]:
+    """Pseudo-labels of the MR ``entries`` by the stage-2 model ``model_path``, in ``out``.
+
+    Returns the kept entries (``image``, ``label``: the pseudo-label, ``subject``) and writes
+    ``out/pseudo_labels.json`` with every volume's statistics and whether it was kept.
+    ``filters``: ``liver_ml``, ``max_mean_entropy`` of :func:`keep_pseudo_label`.
+    """
+    out = Path(out)
+    images = out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    for entry in entries:  # inference reads a folder: links to the training MR, under their own names
+        link = images / Path(entry["image"]).name
+        if not link.exists():
+            link.symlink_to(Path(entry["image"]).resolve())
+    overrides = {"drl_path": str(drl_path)} if drl_path is not None else {}
+    run_bundle("run", config_file=str(CONFIGS / "inference.yaml"), dataset_dir=str(images), output_dir=str(out / "masks"),
+               model_path=str(model_path), adaptation=adaptation, modality="mr", uncertainty=True, amp=amp, **sizes, **overrides)
+    kept, report = [], []
+    for entry in entries:
+        case = case_name(entry["image"])
+        mask = out / "masks" / f"{case}_liver.nii.gz"
+        stats = volume_stats(mask, out / "masks" / f"{case}_uncertainty.nii.gz")
+        keep = keep_pseudo_label(stats, **filters)
+        report.append({"image": entry["image"], **stats, "kept": keep})
+        if keep:
+            kept.append({"image": entry["image"], "label": str(mask), "subject": entry.get("subject", case)})
+    (out / "pseudo_labels.json").write_text(json.dumps(report, indent=2))
+    logger.info("pseudo-labels: %d of %d MR volumes kept (%s)", len(kept), len(entries), out)
+    return kept

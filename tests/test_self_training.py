@@ -1,0 +1,36 @@
+"""Pseudo-label filters of self-training (bundle/self_training.py) on files with known content."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bundle.errors import DataError
+from bundle.self_training import keep_pseudo_label, volume_stats
+
+
+def _write(path, array, zooms=(2.0, 2.0, 5.0)):
+    image = nib.Nifti1Image(array, np.diag([*zooms, 1.0]))
+    nib.save(image, str(path))
+    return path
+
+
+def test_volume_stats_reads_millilitres_and_entropy_inside_the_mask(tmp_path):
+    mask = np.zeros((40, 40, 20), np.uint8)
+    mask[10:30, 10:30, 5:15] = 1  # 4000 voxels of 20 mm3: 80 mL
+    entropy = np.full(mask.shape, 0.6, np.float32)
+    entropy[mask > 0] = 0.1  # confident inside, unsure outside: only the inside counts
+    stats = volume_stats(_write(tmp_path / "m.nii.gz", mask), _write(tmp_path / "u.nii.gz", entropy))
+    assert stats["liver_ml"] == pytest.approx(80.0)
+    assert stats["mean_entropy"] == pytest.approx(0.1, abs=1e-4)
+    empty = volume_stats(_write(tmp_path / "e.nii.gz", np.zeros_like(mask)), tmp_path / "u.nii.gz")
+    assert empty["liver_ml"] == 0 and not keep_pseudo_label(empty, liver_ml=(0.0, 1e9), max_mean_entropy=1e9)
+    with pytest.raises(DataError, match="has shape"):
+        volume_stats(tmp_path / "m.nii.gz", _write(tmp_path / "bad.nii.gz", entropy[:, :, :10]))
+
+
+def test_pseudo_labels_are_kept_only_when_plausible_and_confident():
+    assert keep_pseudo_label({"liver_ml": 1500.0, "mean_entropy": 0.15})
+    assert not keep_pseudo_label({"liver_ml": 150.0, "mean_entropy": 0.15})   # a liver fragment
+    assert not keep_pseudo_label({"liver_ml": 6000.0, "mean_entropy": 0.15})  # half the abdomen
+    assert not keep_pseudo_label({"liver_ml": 1500.0, "mean_entropy": 0.5})   # the ensemble disagrees
+    assert keep_pseudo_label({"liver_ml": 150.0, "mean_entropy": 0.5}, liver_ml=(100.0, 200.0), max_mean_entropy=0.6)
