@@ -42,7 +42,7 @@ from bundle.errors import DataError
 from bundle.figures import adaptation_figure, slice_grid
 from bundle.folds import LABELLED_MR_SECTIONS, fold_datalist, labelled_entries, subject, subject_folds
 from bundle.pipeline import CONFIGS, run_cyclegan, run_evaluation, run_stage1, run_stage2
-from bundle.self_training import PSEUDO_SECTION, pseudo_label
+from bundle.self_training import PSEUDO_SECTION, pseudo_labelled_datalist
 from bundle.tables import tables
 
 __all__ = ["MODELS", "EXPERIMENTS", "run_experiments", "experiment_figures"]
@@ -64,6 +64,8 @@ MODELS = {
     "dadr_rand_st": ({"adaptation": "dadr", "train_section": "source", "train_modality": "ct", "appearance_randomisation": True,
                       "joint": True, "joint_section": PSEUDO_SECTION}, "dadr"),
 }
+# the paper's stage 1 (its eq. 1 and 3, lr 1e-4, no shared residual block), against our defaults in drl_train.yaml
+PAPER_STAGE1 = {"content_adv_weight": 0.0, "shared_res": 0, "learning_rate": 1e-4, "adversarial": "log"}
 TEACHERS = {"unet_ct_rand_st": "unet_ct_rand", "dadr_rand_st": "dadr_rand"}  # self-trained model -> the model whose masks it learns
 EXPERIMENTS = {  # model -> the held-out modalities it is tested on
     "da": {"unet_ct": ("mr", "ct"), "dacgan": ("mr",), "dadr": ("mr",), "unet_mr": ("mr", "ct"), "joint": ("mr", "ct")},
@@ -112,12 +114,15 @@ def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[d
     sections = json.loads(datalist.read_text())
     sizes = {"image_size": settings["image_size"], "dim": settings["dim"], "unet_channels": settings["unet_channels"],
              "context_slices": settings["context_slices"], "out_channels": 5 if settings["organs"] else 2}
+    stage1 = {"task_weight": settings["task_weight"]} | (PAPER_STAGE1 if settings["paper_stage1"] else {})
+    if settings["paper_stage1"]:
+        sizes["shared_res"] = PAPER_STAGE1["shared_res"]  # the content path's shape, for stage 2 and inference too
     drl, cyclegan = fold_dir / "drl" / "drl.pt", fold_dir / "cyclegan" / "cyclegan.pt"
     adaptations = {MODELS[m][0]["adaptation"] for m in models}
     gan_sizes = {k: sizes[k] for k in ("image_size", "dim")}
     if "dadr" in adaptations and not drl.is_file():
         run_stage1(fold_dir, drl.parent, settings["drl_iterations"], gan_sizes, resume=True, seed=settings["seed"],
-                   task_weight=settings["task_weight"], amp=settings["amp"])
+                   amp=settings["amp"], **stage1)
     if "cyclegan" in adaptations and not cyclegan.is_file():
         run_cyclegan(fold_dir, cyclegan.parent, settings["cyclegan_iterations"], gan_sizes, resume=True, seed=settings["seed"], amp=settings["amp"])
     rows = []
@@ -153,15 +158,9 @@ def _model_path(model_dir: Path, overrides: dict) -> Path:
 
 
 def _pseudo_datalist(fold_dir: Path, model_dir: Path, teacher: str, sections: dict, sizes: dict, drl: Path, settings: dict) -> Path:
-    """The fold's datalist plus its training MR pseudo-labelled by ``teacher`` (trained before in
-    this fold), in ``model_dir``: the training data of a self-trained model."""
+    """The fold's datalist plus its training MR pseudo-labelled by ``teacher`` (trained before in this fold)."""
     teacher_path = _model_path(fold_dir / teacher, _stage2_overrides(teacher, settings, sections))
-    kept = pseudo_label(sections["target"], teacher_path, model_dir / "pseudo", sizes, MODELS[teacher][1], drl_path=drl, amp=settings["amp"])
-    if not kept:
-        raise DataError(model_dir / "pseudo" / "pseudo_labels.json", f"no pseudo-label of {teacher} passed the filters: nothing to self-train on")
-    path = model_dir / "datalist.json"
-    _write_json(path, sections | {PSEUDO_SECTION: kept})
-    return path
+    return pseudo_labelled_datalist(sections, teacher_path, model_dir, sizes, MODELS[teacher][1], drl_path=drl, amp=settings["amp"])
 
 
 def _train_seconds(model_dir: Path) -> float | None:
@@ -172,7 +171,12 @@ def _train_seconds(model_dir: Path) -> float | None:
         return None
 
 
-ADDED_SETTINGS = {"task_weight": 0.0}  # settings newer than some recorded runs, at the value those runs used
+ADDED_SETTINGS = {"task_weight": 0.0, "models": None, "paper_stage1": False}  # settings newer than some recorded runs, at the value those runs used
+
+
+def _names(text: str | list[str]) -> list[str]:
+    """A comma-separated command-line list (or a list already)."""
+    return [e.strip() for e in (text.split(",") if isinstance(text, str) else text)]
 
 
 def _check_resumable(path: Path, settings: dict) -> None:
@@ -191,7 +195,8 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
                     drl_iterations: int = 20000, cyclegan_iterations: int = 20000, seg_epochs: int = 30, seed: int = 0, figures: bool = True,
                     split_source: bool = True, experiments: str | list[str] = "da", ct_folds: int | None = None, val_subjects: int = 0,
                     amp: str | None = None, iterations_per_epoch: int | None = None, unet_channels: list[int] | None = None,
-                    context_slices: int = 0, organs: bool = False, task_weight: float = 0.0) -> dict:
+                    context_slices: int = 0, organs: bool = False, task_weight: float = 0.0, models: str | list[str] | None = None,
+                    paper_stage1: bool = False) -> dict:
     """Run the experiments under ``out``; writes ``results.csv``, ``results.json`` and ``results.md``.
 
     Args:
@@ -227,10 +232,13 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
         organs: train the UNets on the organ maps (liver, kidneys, spleen: the datalists' ``organs``)
             instead of the liver masks; every model still outputs and is scored on the liver.
         task_weight: stage 1's task-aware content space (``configs/drl_train.yaml``), 0: the paper's.
+        models: run only these of the experiments' models (comma-separated; a self-trained model
+            needs its teacher), e.g. ``dadr`` for the paper's row alone; ``None``: all.
+        paper_stage1: stage 1 with the paper's settings (``PAPER_STAGE1``) instead of our defaults.
     """
     out = Path(out)
     figures, split_source, organs = flag(figures, "figures"), flag(split_source, "split_source"), flag(organs, "organs")
-    names = [e.strip() for e in (experiments.split(",") if isinstance(experiments, str) else experiments)]
+    names = _names(experiments)
     if unknown := [e for e in names if e not in EXPERIMENTS or e == "multiphase"]:
         raise ValueError(f"--experiments: unknown {unknown}; choose from {[e for e in EXPERIMENTS if e != 'multiphase']}")
     datalist = Path(datalist).resolve()
@@ -241,7 +249,16 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
                 "multiphase_datalist": None if multiphase_datalist is None else str(multiphase_datalist),
                 "experiments": names, "ct_folds": ct_folds, "val_subjects": val_subjects, "amp": amp,
                 "iterations_per_epoch": iterations_per_epoch, "unet_channels": list(unet_channels or [16, 32, 64, 128, 256]),
-                "context_slices": context_slices, "organs": organs, "task_weight": task_weight}
+                "context_slices": context_slices, "organs": organs, "task_weight": task_weight,
+                "models": None if models is None else _names(models), "paper_stage1": flag(paper_stage1, "paper_stage1")}
+    if settings["paper_stage1"] and task_weight:
+        raise ValueError("--paper_stage1 True is the paper's stage 1: it has no task-aware term (--task_weight 0)")
+    if settings["models"] is not None:
+        known = {m for e in names for m in EXPERIMENTS[e]}
+        if unknown := [m for m in settings["models"] if m not in known]:
+            raise ValueError(f"--models: {unknown} not in the experiments {names}; choose from {sorted(known)}")
+        if orphans := [m for m in settings["models"] if m in TEACHERS and TEACHERS[m] not in settings["models"]]:
+            raise ValueError(f"--models: {orphans} learn from {[TEACHERS[m] for m in orphans]}: name those too")
     ct = labelled_entries(datalist, ("source",), "ct")
     targets = {e: labelled_entries(datalist, LABELLED_MR_SECTIONS, "mr") for e in names}
     if multiphase_datalist is not None:
@@ -268,7 +285,8 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
             if not (fold_dir / "datalist.json").is_file():
                 _write_json(fold_dir / "datalist.json", fold_datalist(ct, mr, ct_test[k], mr_test[k], val_subjects, seed))
             logger.info("%s fold %d/%d: CT test %s, MR test %s", experiment, k + 1, len(ct_test), ct_test[k], mr_test[k])
-            rows += _run_fold(fold_dir, k, EXPERIMENTS[experiment], settings)
+            chosen = {m: t for m, t in EXPERIMENTS[experiment].items() if settings["models"] is None or m in settings["models"]}
+            rows += _run_fold(fold_dir, k, chosen, settings)
         rows_by_experiment[experiment] = rows
     table_data, markdown = tables(rows_by_experiment)
     all_rows = [{"experiment": e, **r} for e, rows in rows_by_experiment.items() for r in rows]

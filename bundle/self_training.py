@@ -21,11 +21,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from bundle.atomic import atomic_outputs
 from bundle.data.readers import case_name
 from bundle.errors import DataError
 from bundle.pipeline import CONFIGS, run_bundle
 
-__all__ = ["PSEUDO_SECTION", "volume_stats", "keep_pseudo_label", "pseudo_label"]
+__all__ = ["PSEUDO_SECTION", "volume_stats", "keep_pseudo_label", "pseudo_label", "pseudo_labelled_datalist"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,3 +85,17 @@ def pseudo_label(entries: list[dict], model_path: str | Path, out: str | Path, s
     (out / "pseudo_labels.json").write_text(json.dumps(report, indent=2))
     logger.info("pseudo-labels: %d of %d MR volumes kept (%s)", len(kept), len(entries), out)
     return kept
+
+
+def pseudo_labelled_datalist(sections: dict, teacher: str | Path, out: str | Path, sizes: dict, adaptation: str,
+                             drl_path: str | Path | None = None, amp: str | None = None) -> Path:
+    """``out/datalist.json``: the datalist ``sections`` (absolute paths) plus their ``target`` MR
+    pseudo-labelled by the stage-2 model ``teacher``: the training data of a self-trained model."""
+    out = Path(out)
+    kept = pseudo_label(sections["target"], teacher, out / "pseudo", sizes, adaptation, drl_path=drl_path, amp=amp)
+    if not kept:
+        raise DataError(out / "pseudo" / "pseudo_labels.json", f"no pseudo-label of {teacher} passed the filters: nothing to self-train on")
+    path = out / "datalist.json"
+    with atomic_outputs([path]) as (tmp,):
+        tmp.write_text(json.dumps(sections | {PSEUDO_SECTION: kept}, indent=2))
+    return path

@@ -155,6 +155,13 @@ def test_bounds_and_ct_only_baselines_fold_one_modality_each(phantoms, tmp_path)
     assert "CT trained, appearance randomisation |" in markdown and "Per MR image (Dice):" in markdown
     with pytest.raises(ValueError, match="unknown \\['nope'\\]"):
         run_experiments(phantoms / "datalist.json", tmp_path / "other", experiments="mr_bound,nope")
+    with pytest.raises(ValueError, match="learn from \\['dadr_rand'\\]"):
+        run_experiments(phantoms / "datalist.json", tmp_path / "other", experiments="dadr", models="dadr,dadr_rand_st")
+    with pytest.raises(ValueError, match="not in the experiments"):
+        run_experiments(phantoms / "datalist.json", tmp_path / "other", experiments="mr_bound", models="dadr")
+    with pytest.raises(ValueError, match="no task-aware term"):
+        run_experiments(phantoms / "datalist.json", tmp_path / "other", experiments="dadr", paper_stage1=True, task_weight=1.0)
+    assert not (tmp_path / "other").exists()  # refused before anything is written
 
 
 def test_dadr_experiment_with_the_task_aware_content_space(phantoms, tmp_path, monkeypatch):

@@ -34,3 +34,35 @@ def test_pseudo_labels_are_kept_only_when_plausible_and_confident():
     assert not keep_pseudo_label({"liver_ml": 6000.0, "mean_entropy": 0.15})  # half the abdomen
     assert not keep_pseudo_label({"liver_ml": 1500.0, "mean_entropy": 0.5})   # the ensemble disagrees
     assert keep_pseudo_label({"liver_ml": 150.0, "mean_entropy": 0.5}, liver_ml=(100.0, 200.0), max_mean_entropy=0.6)
+
+
+def test_self_train_script_pseudo_labels_the_target_and_trains_a_student(phantoms, tmp_path, monkeypatch):
+    """scripts/self_train.py on phantoms: every target MR is pseudo-labelled on its own grid (the
+    filters opened: a 1-epoch teacher is no liver model), and the student trains on CT + those MR."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    import torch
+
+    import bundle.self_training as self_training
+    from bundle.pipeline import run_stage2
+
+    monkeypatch.setattr(self_training, "LIVER_ML", (0.0, float("inf")))
+    monkeypatch.setattr(self_training, "MAX_MEAN_ENTROPY", float("inf"))
+    sizes = {"image_size": 64, "dim": 8}
+    teacher = run_stage2(phantoms, tmp_path / "teacher", "unused", 1, sizes, adaptation="none", iterations_per_epoch=2)
+    spec = importlib.util.spec_from_file_location("self_train", Path(__file__).parents[1] / "scripts" / "self_train.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.self_train(str(phantoms / "datalist.json"), str(teacher), str(tmp_path / "student"), seg_epochs=1, iterations_per_epoch=2, **sizes)
+    student = json.loads((tmp_path / "student" / "datalist.json").read_text())
+    targets = json.loads((phantoms / "datalist.json").read_text())["target"]
+    assert len(student["target_pseudo"]) == len(targets)
+    for entry in student["target_pseudo"]:
+        assert nib.load(entry["label"]).shape == nib.load(entry["image"]).shape
+        assert "student/pseudo/masks" in entry["label"]
+    report = json.loads((tmp_path / "student" / "pseudo" / "pseudo_labels.json").read_text())
+    assert all({"liver_ml", "mean_entropy", "kept"} <= set(r) for r in report)
+    before, after = torch.load(teacher), torch.load(tmp_path / "student" / "model.pt")
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("unet."))

@@ -1,0 +1,51 @@
+#!/bin/bash
+# Stage 1 of the SABS -> CHAOS T2 cross-validation on one GPU (docs/RESULTS.md), as it ran on an H200:
+# five trainings side by side from a slice cache (no volumes, no SimpleITK: scripts/gpu/SimpleITK is
+# an importable stand-in that fails if called), each stopped after MIN minutes; then the paper-size
+# stage-1 benchmark. Made here first:
+#   python scripts/prepare_data.py slice_cache --datalist data/real/datalist_sabs.json --out .gpu/slices128.pt.xz
+#   pip download monai==1.6.1 pytorch-ignite==0.5.5 nibabel==5.4.2 fire==0.7.1 termcolor -d .gpu/whl (--no-deps, cp312 manylinux)
+# Run there:  OUT=<folder for results> [RUNS="paper_f0 ..."] [MIN=6] bash scripts/gpu/stage1_folds.sh
+# OUT receives <run>.pt (the content path in float16: what stage 2 reads), summary.txt and logs.tgz.
+set -u
+T0=$(date +%s)
+MIN=${MIN:-6}
+PY=${PY:-python3}
+[ -n "${SKIP_PIP:-}" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/whl/*.whl || exit 3
+export PYTHONPATH=/tmp/site:$PWD/scripts/gpu:$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
+(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true) | tee $OUT/summary.txt
+$PY -c "import torch, monai, ignite; print('torch', torch.__version__, 'monai', monai.__version__, 'ignite', ignite.__version__, torch.cuda.get_device_name())" 2>&1 | tee -a $OUT/summary.txt
+F0="['chaos_mr_t2_1','chaos_mr_t2_31','chaos_mr_t2_33','chaos_mr_t2_38','chaos_mr_t2_3']"
+F1="['chaos_mr_t2_13','chaos_mr_t2_19','chaos_mr_t2_21','chaos_mr_t2_36','chaos_mr_t2_8']"
+PAPER="--task_weight 0 --content_adv_weight 0 --shared_res 0 --learning_rate 1e-4 --adversarial log"
+OURS="--task_weight 1.0"
+R=${R:-/tmp/runs}; mkdir -p $R
+train() {  # name subjects options...
+  local name=$1 subjects=$2; shift 2
+  $PY -m monai.bundle run training --config_file configs/drl_train.yaml --image_size 128 --dim 32 --amp bfloat16 \
+    --slice_cache .gpu/slices128.pt.xz --cache_target_subjects "$subjects" --max_iterations 200000 --lr_step 200000 \
+    --val_interval 500 --max_minutes $MIN --output_dir $R/$name "$@" > $R/$name.log 2>&1
+  echo "$name rc=$? $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt
+}
+RUNS=${RUNS:-"paper_f0 paper_f1 ours_f0 ours_f1 ours_all"}
+declare -A SUBJECTS=([paper_f0]="$F0" [paper_f1]="$F1" [ours_f0]="$F0" [ours_f1]="$F1" [ours_all]=None)
+for n in $RUNS; do
+  case $n in paper_*) options=$PAPER ;; *) options=$OURS ;; esac
+  train $n "${SUBJECTS[$n]}" $options &
+done
+sleep 60; (nvidia-smi || true) | tee -a $OUT/summary.txt; wait
+for n in $RUNS; do
+  grep -h "weights written" $R/$n.log | tail -1 | sed "s/^/$n last: /" >> $OUT/summary.txt
+  $PY - $R/$n/drl.pth $OUT/$n.pt <<'PY' >> $OUT/summary.txt 2>&1
+import sys, torch
+s = torch.load(sys.argv[1], map_location="cpu", weights_only=True)
+keep = {k: (v.half() if v.is_floating_point() and not k.startswith("trained_for") else v) for k, v in s.items()
+        if k.startswith(("content_encoders.", "generators.ct.", "trained_for."))}
+torch.save(keep, sys.argv[2]); print(sys.argv[2], len(keep), "tensors")
+PY
+done
+tar czf $OUT/logs.tgz -C $R --exclude=checkpoints --exclude=drl.pth . 2>/dev/null
+echo "training done $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt
+for b in 1 8; do timeout 45 $PY scripts/benchmark.py drl --size 256 --dim 64 --batch $b --iters 10 --warmup 3 --amp bfloat16 2>&1 | tail -2 | tee -a $OUT/summary.txt; done
+timeout 20 $PY scripts/benchmark.py matmul --n 8192 --dtype bfloat16 2>&1 | tail -1 | tee -a $OUT/summary.txt
+echo "all done $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt

@@ -1,0 +1,31 @@
+"""Self-training (bundle/self_training.py) outside the experiment runner: the recipe of the shipped model.
+
+    python scripts/self_train.py --datalist data/real/datalist_sabs.json --teacher TEACHER/model.pt --out runs/self_train \\
+        [--adaptation none|dadr --drl_path DRL] [--seg_epochs 20] [--amp bfloat16] [--image_size 128 ...]
+
+The datalist's ``target`` MR (unlabelled) are pseudo-labelled by the teacher (a stage-2 model
+trained on its ``source`` CT), then stage 2 trains again on the CT and the kept pseudo-labelled
+MR, with appearance randomisation: ``OUT/model.pt``.
+"""
+
+import json
+
+from bundle.cli import run_cli
+from bundle.data.datalist import read_datalist
+from bundle.pipeline import run_stage2
+from bundle.self_training import PSEUDO_SECTION, pseudo_labelled_datalist
+
+
+def self_train(datalist: str, teacher: str, out: str, adaptation: str = "none", drl_path: str | None = None, seg_epochs: int = 20,
+               amp: str | None = None, seed: int = 0, **sizes) -> None:
+    """Pseudo-label DATALIST's target MR with TEACHER, then train OUT/model.pt on its source CT + those MR."""
+    sections = {name: read_datalist(datalist, name) for name, entries in json.load(open(datalist)).items() if entries}
+    student_datalist = pseudo_labelled_datalist(sections, teacher, out, sizes, adaptation, drl_path=drl_path, amp=amp)
+    run_stage2(student_datalist.parent, student_datalist.parent, drl_path, seg_epochs, sizes, datalist=str(student_datalist),
+               adaptation=adaptation, train_section="source", train_modality="ct", appearance_randomisation=True, joint=True,
+               joint_section=PSEUDO_SECTION, amp=amp, seed=seed)
+    print(f"{out}/model.pt: self-trained on {len(json.load(open(student_datalist))[PSEUDO_SECTION])} pseudo-labelled MR")
+
+
+if __name__ == "__main__":
+    run_cli(self_train)
