@@ -97,6 +97,8 @@ def _stage2_overrides(model: str, settings: dict, sections: dict) -> dict:
     validation on the fold's validation subjects of the training modality, where it has any)."""
     overrides = dict(MODELS[model][0], amp=settings["amp"], iterations_per_epoch=settings["iterations_per_epoch"],
                      label_key="organs" if settings["organs"] else "label")
+    if model in TEACHERS:
+        overrides["joint_repeat"] = settings["pseudo_repeat"]
     modality = overrides["train_modality"]
     val_section = "source_val" if modality == "ct" else "target_val"
     if sections.get(val_section):
@@ -171,7 +173,7 @@ def _train_seconds(model_dir: Path) -> float | None:
         return None
 
 
-ADDED_SETTINGS = {"task_weight": 0.0, "models": None, "paper_stage1": False}  # settings newer than some recorded runs, at the value those runs used
+ADDED_SETTINGS = {"task_weight": 0.0, "models": None, "paper_stage1": False, "pseudo_repeat": 1}  # settings newer than some recorded runs, at the value those runs used
 
 
 def _names(text: str | list[str]) -> list[str]:
@@ -196,7 +198,7 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
                     split_source: bool = True, experiments: str | list[str] = "da", ct_folds: int | None = None, val_subjects: int = 0,
                     amp: str | None = None, iterations_per_epoch: int | None = None, unet_channels: list[int] | None = None,
                     context_slices: int = 0, organs: bool = False, task_weight: float = 0.0, models: str | list[str] | None = None,
-                    paper_stage1: bool = False) -> dict:
+                    paper_stage1: bool = False, pseudo_repeat: int = 1) -> dict:
     """Run the experiments under ``out``; writes ``results.csv``, ``results.json`` and ``results.md``.
 
     Args:
@@ -235,6 +237,8 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
         models: run only these of the experiments' models (comma-separated; a self-trained model
             needs its teacher), e.g. ``dadr`` for the paper's row alone; ``None``: all.
         paper_stage1: stage 1 with the paper's settings (``PAPER_STAGE1``) instead of our defaults.
+        pseudo_repeat: times each pseudo-labelled MR volume counts per epoch of a self-trained model
+            (train.yaml ``joint_repeat``): a few MR against many CT slices.
     """
     out = Path(out)
     figures, split_source, organs = flag(figures, "figures"), flag(split_source, "split_source"), flag(organs, "organs")
@@ -250,7 +254,8 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
                 "experiments": names, "ct_folds": ct_folds, "val_subjects": val_subjects, "amp": amp,
                 "iterations_per_epoch": iterations_per_epoch, "unet_channels": list(unet_channels or [16, 32, 64, 128, 256]),
                 "context_slices": context_slices, "organs": organs, "task_weight": task_weight,
-                "models": None if models is None else _names(models), "paper_stage1": flag(paper_stage1, "paper_stage1")}
+                "models": None if models is None else _names(models), "paper_stage1": flag(paper_stage1, "paper_stage1"),
+                "pseudo_repeat": int(pseudo_repeat)}
     if settings["paper_stage1"] and task_weight:
         raise ValueError("--paper_stage1 True is the paper's stage 1: it has no task-aware term (--task_weight 0)")
     if settings["models"] is not None:

@@ -17,13 +17,14 @@ from bundle.self_training import PSEUDO_SECTION, pseudo_labelled_datalist
 
 
 def self_train(datalist: str, teacher: str, out: str, adaptation: str = "none", drl_path: str | None = None, seg_epochs: int = 20,
-               amp: str | None = None, seed: int = 0, **sizes) -> None:
-    """Pseudo-label DATALIST's target MR with TEACHER, then train OUT/model.pt on its source CT + those MR."""
+               amp: str | None = None, seed: int = 0, pseudo_repeat: int = 1, **sizes) -> None:
+    """Pseudo-label DATALIST's target MR with TEACHER, then train OUT/model.pt on its source CT + those MR
+    (each counted ``pseudo_repeat`` times per epoch)."""
     sections = {name: read_datalist(datalist, name) for name, entries in json.load(open(datalist)).items() if entries}
     student_datalist = pseudo_labelled_datalist(sections, teacher, out, sizes, adaptation, drl_path=drl_path, amp=amp)
     run_stage2(student_datalist.parent, student_datalist.parent, drl_path, seg_epochs, sizes, datalist=str(student_datalist),
                adaptation=adaptation, train_section="source", train_modality="ct", appearance_randomisation=True, joint=True,
-               joint_section=PSEUDO_SECTION, amp=amp, seed=seed)
+               joint_section=PSEUDO_SECTION, joint_repeat=int(pseudo_repeat), amp=amp, seed=seed)
     print(f"{out}/model.pt: self-trained on {len(json.load(open(student_datalist))[PSEUDO_SECTION])} pseudo-labelled MR")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pytest
 import torch
 from conftest import ROOT
@@ -90,3 +91,14 @@ def test_inference_yaml_preprocessing_is_the_training_preprocessing(phantoms, mo
     assert a.shape == b.shape and torch.equal(a.as_tensor(), b.as_tensor())
     assert torch.equal(torch.as_tensor(a.affine), torch.as_tensor(b.affine))
     assert [op["class"] for op in a.applied_operations] == [op["class"] for op in b.applied_operations]
+
+
+def test_joint_training_counts_each_joint_volume_joint_repeat_times(phantoms):
+    """Self-training weighs a few pseudo-labelled MR against many CT by listing each MR volume
+    ``joint_repeat`` times (train.yaml); without --joint no MR enters."""
+    datalist = str(phantoms / "datalist.json")
+    n_ct, n_mr = (len(json.loads((phantoms / "datalist.json").read_text())[s]) for s in ("source", "target_labelled"))
+    assert len(parsed("train.yaml", "train#data", datalist=datalist)) == n_ct
+    for repeat in (1, 3):
+        data = parsed("train.yaml", "train#data", datalist=datalist, joint=True, joint_repeat=repeat)
+        assert len(data) == n_ct + repeat * n_mr and sum(e.get("modality") == "mr" for e in data) == repeat * n_mr

@@ -27,8 +27,8 @@ from bundle.networks import ContentOnly, DRLModule, LiverSegmenter, load_drl_wei
 from bundle.networks.geometry import from_square, to_square
 from conftest import ROOT
 
-SIZES = {"image_size": 64, "dim": 8, "n_res": 2, "mlp_dim": 32}
-NET = {k: v for k, v in SIZES.items() if k != "image_size"}
+SIZES = {"image_size": 64, "dim": 8, "n_res": 2, "mlp_dim": 32, "adaptation": "dadr"}  # the weights fixture is a DADR model
+NET = {k: v for k, v in SIZES.items() if k not in ("image_size", "adaptation")}
 
 
 def dadr(image_size: int, **kwargs) -> LiverSegmenter:
