@@ -66,3 +66,15 @@ def test_self_train_script_pseudo_labels_the_target_and_trains_a_student(phantom
     assert all({"liver_ml", "mean_entropy", "kept"} <= set(r) for r in report)
     before, after = torch.load(teacher), torch.load(tmp_path / "student" / "model.pt")
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("unet."))
+
+
+def test_datalist_paths_are_absolute_when_the_datalist_is_named_relatively(phantoms, monkeypatch):
+    """The self-trained model's datalist is written elsewhere than the one it extends: its paths
+    must not stay relative to the working directory (the shipped model's run failed on that)."""
+    from pathlib import Path
+
+    from bundle.data.datalist import read_datalist
+
+    monkeypatch.chdir(phantoms.parent)
+    entries = read_datalist(Path(phantoms.name) / "datalist.json", "source")
+    assert entries and all(Path(e["image"]).is_absolute() and Path(e["label"]).is_file() for e in entries)

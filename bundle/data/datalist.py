@@ -26,7 +26,7 @@ def read_datalist(path: str | Path, section: str) -> list[dict]:
         raise DataError(path, f"is not a readable datalist JSON: {e}") from e
     if section not in datalist or not datalist[section]:
         raise DataError(path, f"has no entries in section {section!r} (sections: {sorted(datalist)})")
-    base = path.parent
+    base = path.resolve().parent
     return [{**e, **{k: str(base / e[k]) for k in ("image", "label", "organs") if k in e}} for e in datalist[section]]
 
 
