@@ -124,8 +124,8 @@ def test_datalists_list_ct_source_and_mr_target(prepared):
 
 def test_shipped_model_segments_a_chaos_t2_volume(prepared, tmp_path):
     """`monai.bundle run inference` with models/model.pt on a CHAOS T2 volume, as a user runs it:
-    a mask on the input's grid, on the patient's right, overlapping the manual liver mask
-    (patient 13 scores Dice 0.556 in docs/README.md)."""
+    a mask on the input's grid, on the patient's right, matching the manual liver mask
+    (patient 13 scores Dice 0.806 in docs/README.md)."""
     (tmp_path / "in").mkdir()
     shutil.copy(prepared / "mr_t2" / "chaos_mr_t2_13_image.nii.gz", tmp_path / "in")
     result = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.yaml",
@@ -136,5 +136,5 @@ def test_shipped_model_segments_a_chaos_t2_volume(prepared, tmp_path):
     mask = sitk.ReadImage(str(tmp_path / "out" / "chaos_mr_t2_13_image_liver.nii.gz"))
     assert mask.GetSize() == image.GetSize() and np.allclose(mask.GetDirection(), image.GetDirection())
     predicted, manual = sitk.GetArrayFromImage(mask) > 0, sitk.GetArrayFromImage(truth) > 0
-    assert 2 * (predicted & manual).sum() / (predicted.sum() + manual.sum()) > 0.45
+    assert 2 * (predicted & manual).sum() / (predicted.sum() + manual.sum()) > 0.75
     assert liver_stats(image, mask)["side"] == "right"
