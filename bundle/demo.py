@@ -91,7 +91,7 @@ def run_demo(out: str | Path, n_ct: int = 6, n_mr: int = 8, size: int = 96, seed
     ct_content = out / "content_only_ct"
     dadr_model = predictions["DADR (content-only CT)"].parent / "model.pt"
     run_bundle("inference", config_file=str(CONFIGS / "inference.yaml"), dataset_dir=str(phantoms / "ct"), output_dir=str(ct_content),
-               model_path=str(dadr_model), modality="ct", **sizes)
+               model_path=str(dadr_model), modality="ct", adaptation="dadr", **sizes)
 
     n_test = len(datalists["datalist.json"]["target_test"])
     print(f"\nLiver segmentation on {n_test} held-out phantom MR volumes (T1 pre-contrast), mean (std) per subject:")
