@@ -135,7 +135,7 @@ def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[d
         if not _trained(model_dir):
             start = time.perf_counter()
             if model in TEACHERS:
-                overrides["datalist"] = str(_pseudo_datalist(fold_dir, model_dir, TEACHERS[model], sections, sizes, drl, settings))
+                overrides["datalist"] = str(_pseudo_datalist(fold_dir, model_dir, TEACHERS[model], sections, sizes, settings))
             run_stage2(fold_dir, model_dir, drl, settings["seg_epochs"], sizes, cyclegan_path=str(cyclegan), seed=settings["seed"],
                        **overrides)
             _write_json(model_dir / "trained", {"train_seconds": round(time.perf_counter() - start, 1)})
@@ -159,10 +159,10 @@ def _model_path(model_dir: Path, overrides: dict) -> Path:
     return model_dir / ("model_best.pt" if "val_section" in overrides else "model.pt")
 
 
-def _pseudo_datalist(fold_dir: Path, model_dir: Path, teacher: str, sections: dict, sizes: dict, drl: Path, settings: dict) -> Path:
+def _pseudo_datalist(fold_dir: Path, model_dir: Path, teacher: str, sections: dict, sizes: dict, settings: dict) -> Path:
     """The fold's datalist plus its training MR pseudo-labelled by ``teacher`` (trained before in this fold)."""
     teacher_path = _model_path(fold_dir / teacher, _stage2_overrides(teacher, settings, sections))
-    return pseudo_labelled_datalist(sections, teacher_path, model_dir, sizes, MODELS[teacher][1], drl_path=drl, amp=settings["amp"])
+    return pseudo_labelled_datalist(sections, teacher_path, model_dir, sizes, MODELS[teacher][1], amp=settings["amp"])
 
 
 def _train_seconds(model_dir: Path) -> float | None:

@@ -56,12 +56,13 @@ def keep_pseudo_label(stats: dict, liver_ml: tuple[float, float] | None = None, 
 
 
 def pseudo_label(entries: list[dict], model_path: str | Path, out: str | Path, sizes: dict, adaptation: str,
-                 drl_path: str | Path | None = None, amp: str | None = None, **filters) -> list[dict]:
+                 amp: str | None = None, **filters) -> list[dict]:
     """Pseudo-labels of the MR ``entries`` by the stage-2 model ``model_path``, in ``out``.
 
     Returns the kept entries (``image``, ``label``: the pseudo-label, ``subject``) and writes
     ``out/pseudo_labels.json`` with every volume's statistics and whether it was kept.
-    ``filters``: ``liver_ml``, ``max_mean_entropy`` of :func:`keep_pseudo_label`.
+    ``filters``: ``liver_ml``, ``max_mean_entropy`` of :func:`keep_pseudo_label`. The model file
+    holds its whole inference network (a DADR model's content path too): no ``drl_path`` here.
     """
     out = Path(out)
     images = out / "images"
@@ -70,9 +71,8 @@ def pseudo_label(entries: list[dict], model_path: str | Path, out: str | Path, s
         link = images / Path(entry["image"]).name
         if not link.exists():
             link.symlink_to(Path(entry["image"]).resolve())
-    overrides = {"drl_path": str(drl_path)} if drl_path is not None else {}
     run_bundle("run", config_file=str(CONFIGS / "inference.yaml"), dataset_dir=str(images), output_dir=str(out / "masks"),
-               model_path=str(model_path), adaptation=adaptation, modality="mr", uncertainty=True, amp=amp, **sizes, **overrides)
+               model_path=str(model_path), adaptation=adaptation, modality="mr", uncertainty=True, amp=amp, **sizes)
     kept, report = [], []
     for entry in entries:
         case = case_name(entry["image"])
@@ -82,17 +82,18 @@ def pseudo_label(entries: list[dict], model_path: str | Path, out: str | Path, s
         report.append({"image": entry["image"], **stats, "kept": keep})
         if keep:
             kept.append({"image": entry["image"], "label": str(mask), "subject": entry.get("subject", case)})
-    (out / "pseudo_labels.json").write_text(json.dumps(report, indent=2))
+    with atomic_outputs([out / "pseudo_labels.json"]) as (tmp,):
+        tmp.write_text(json.dumps(report, indent=2))
     logger.info("pseudo-labels: %d of %d MR volumes kept (%s)", len(kept), len(entries), out)
     return kept
 
 
 def pseudo_labelled_datalist(sections: dict, teacher: str | Path, out: str | Path, sizes: dict, adaptation: str,
-                             drl_path: str | Path | None = None, amp: str | None = None) -> Path:
+                             amp: str | None = None) -> Path:
     """``out/datalist.json``: the datalist ``sections`` (absolute paths) plus their ``target`` MR
     pseudo-labelled by the stage-2 model ``teacher``: the training data of a self-trained model."""
     out = Path(out)
-    kept = pseudo_label(sections["target"], teacher, out / "pseudo", sizes, adaptation, drl_path=drl_path, amp=amp)
+    kept = pseudo_label(sections["target"], teacher, out / "pseudo", sizes, adaptation, amp=amp)
     if not kept:
         raise DataError(out / "pseudo" / "pseudo_labels.json", f"no pseudo-label of {teacher} passed the filters: nothing to self-train on")
     path = out / "datalist.json"
