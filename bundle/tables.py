@@ -41,6 +41,7 @@ TABLES = [
     ("Self-training without adaptation (every fold's CT: all; MR folds)", "self_training", ("mr",), [
         ("CT trained, appearance randomisation", "unet_ct_rand", {"mr": "-"}),
         ("+ self-training", "unet_ct_rand_st", {"mr": "-"}),
+        ("+ a second round of self-training", "unet_ct_rand_st2", {"mr": "-"}),
     ]),
 ]
 
