@@ -101,6 +101,15 @@ def init_distributed(device: str | torch.device) -> bool:
     return True
 
 
+def per_rank_batch(batch_size: int) -> int:
+    """The share of one torchrun process of a global ``--batch_size``: the ranks' batches together
+    are the batch of a one-process run, so a config trains alike on any number of processes."""
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    if int(batch_size) % world:
+        raise DataError("--batch_size", f"{batch_size} is not a multiple of the {world} processes; each takes an equal share")
+    return int(batch_size) // world
+
+
 def end_distributed() -> None:
     """Leave the process group, if any (configs' ``finalize``)."""
     if torch.distributed.is_initialized():

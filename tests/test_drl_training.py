@@ -1,9 +1,8 @@
-"""Stage-1 training: the DRL iteration on phantoms, the MONAI bundle workflow, resume, DDP."""
+"""Stage-1 training: the DRL iteration on phantoms, the MONAI bundle workflow, resume (torchrun: test_distributed.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -93,17 +92,6 @@ def test_bundle_run_checkpoints_and_resumes_exactly(tmp_path):
     assert [v["iteration"] for v in validation] == [10, 20] and 0 <= validation[-1]["content_domain_acc"] <= 1
     assert len(list((tmp_path / "straight/images").glob("drl_*.png"))) == 2
     assert list((tmp_path / "straight/tensorboard").glob("events.out.tfevents.*"))
-
-
-def test_ddp_two_processes_with_gloo_on_cpu(tmp_path):
-    configs = "['configs/drl_train.yaml','configs/multi_gpu_drl_train.yaml']"
-    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run", "training",
-            "--config_file", configs, "--dataset_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out"),
-            "--drl_path", str(tmp_path / "drl.pt"), "--phantom_subjects", "2", "--max_iterations", "20", *SMALL]
-    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert (tmp_path / "drl.pt").is_file()
-    assert sorted(p.name for p in (tmp_path / "out/checkpoints").iterdir()) == ["drl_checkpoint_10.pt", "drl_checkpoint_5.pt"]
 
 
 def test_the_loss_splits_real_and_fake_scores_and_the_content_game_is_injected(phantoms):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -68,11 +69,17 @@ class AdaptedSlices(Dataset):
     @torch.no_grad()
     def _apply(function: Callable, images: torch.Tensor, batch_size: int, owner: nn.Module) -> torch.Tensor:
         """``function`` of the images in batches, channel by channel (a 2.5D input's adjacent
-        slices each), on the device of ``owner``'s weights."""
+        slices each), on the device of ``owner``'s weights. Under torch.distributed each rank
+        adapts every N-th image and the ranks exchange the results: computed once, not N times."""
         device = next(owner.parameters()).device
         n, c = images.shape[:2]
         flat = images.reshape(n * c, 1, *images.shape[2:])
-        return torch.cat([function(batch.to(device)).cpu() for batch in flat.split(batch_size)]).reshape(n, c, *images.shape[2:])
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        mine = [function(batch.to(device)) for batch in flat[rank::world].split(batch_size)]
+        adapted = torch.cat(mine) if mine else function(flat[:0].to(device))
+        if world > 1:
+            adapted = _interleave_ranks(adapted, len(flat), world)
+        return adapted.cpu().reshape(n, c, *images.shape[2:])
 
     def __len__(self) -> int:
         return len(self.images)
@@ -80,3 +87,16 @@ class AdaptedSlices(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         item = {"image": self.images[i], "label": self.labels[i]}
         return self.transform(item) if self.transform is not None else item
+
+
+def _interleave_ranks(share: torch.Tensor, total: int, world: int) -> torch.Tensor:
+    """The ``total`` images of which rank r holds images r, r + world, ... (``share``), on every
+    rank. torch.distributed's all_gather wants equal sizes: shares are padded to the largest."""
+    size = -(-total // world)
+    padded = torch.cat([share, share.new_zeros(size - len(share), *share.shape[1:])])
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded)
+    out = share.new_empty(total, *share.shape[1:])
+    for rank, images in enumerate(gathered):
+        out[rank::world] = images[: len(out[rank::world])]
+    return out
