@@ -17,8 +17,8 @@ $(STAMP): requirements.txt requirements-monailabel.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $$(grep '^torch==' requirements.txt) $(TORCH_PIP_ARGS)
 	$(BIN)/python -m pip install --quiet -r requirements.txt
-	$(BIN)/python -m pip install --quiet --no-deps $$(grep '^monailabel==' requirements-monailabel.txt)
-	$(BIN)/python -m pip install --quiet $$(grep -v -e '^#' -e '^monailabel==' requirements-monailabel.txt) -c requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps $$(grep -e '^monailabel==' -e '^pydicom-seg==' requirements-monailabel.txt)
+	$(BIN)/python -m pip install --quiet $$(grep -v -e '^#' -e '^monailabel==' -e '^pydicom-seg==' requirements-monailabel.txt | sed 's/ *#.*//') -c requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import torch
+from conftest import ROOT
 
 from bundle.networks import DRLModule
-from conftest import ROOT
 
 SMALL_GAN = ["--image_size", "64", "--dim", "8", "--n_res", "2", "--mlp_dim", "32", "--val_interval", "10", "--n_val_slices", "8"]
 # stage 2, made comparable step for step: no random augmentation, slices in order, SGD on the
@@ -53,7 +53,7 @@ def test_stage2_on_two_processes_steps_like_one_process_with_the_same_global_bat
     ranks = torchrun(["configs/train.yaml", "configs/multi_gpu_train.yaml"], "--output_dir", tmp_path / "two", "--batch_size", "4",
                      "--train#sampler#shuffle", "False", *common)
     single = one_process("configs/train.yaml", "--output_dir", tmp_path / "one", "--batch_size", "4", "--train#dataloader#shuffle", "False", *common)
-    other = one_process("configs/train.yaml", "--output_dir", tmp_path / "other", "--batch_size", "2", "--train#dataloader#shuffle", "False", *common)
+    one_process("configs/train.yaml", "--output_dir", tmp_path / "other", "--batch_size", "2", "--train#dataloader#shuffle", "False", *common)
     two, one, two_batches = (torch.load(tmp_path / run / "model.pt", weights_only=True) for run in ("two", "one", "other"))
     assert two.keys() == one.keys()
     unet = [k for k in one if k.startswith("unet.")]

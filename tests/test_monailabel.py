@@ -1,4 +1,4 @@
-"""The bundle in MONAI Label 0.8.5's real bundle infer and train tasks, on phantom MR volumes.
+"""The bundle in MONAI Label 0.8.5: its real bundle infer and train tasks, and its server over HTTP, on phantom MR volumes.
 
 The bundle folder is a copy of this repository's configs with the network sizes made small (the
 only edit a user with a small model would make), with weights from a short stage 1 and stage 2.
@@ -7,9 +7,12 @@ only edit a user with a small model would make), with weights from a short stage
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
+import socket
+import subprocess
 import sys
-import types
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -17,23 +20,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import ROOT
 from monai.bundle import run as run_bundle
 
-from conftest import ROOT
-
 pytest.importorskip("monailabel", reason="MONAI Label is installed by `make` (requirements-monailabel.txt)")
+requests = pytest.importorskip("requests", reason="MONAI Label's server dependencies are installed by `make` (requirements-monailabel.txt)")
 
+STUBS = Path(__file__).parent / "stubs"  # torchvision's stand-in (stubs/torchvision), for this process and the server's
 if importlib.util.find_spec("torchvision") is None:
-    # MONAI Label imports torchvision.utils at module level for pathology image grids that the
-    # bundle tasks never call; there is no CPU build of torchvision for the pinned torch here.
-    def _absent(*args, **kwargs):
-        raise RuntimeError("torchvision is not installed")
-
-    _utils = types.ModuleType("torchvision.utils")
-    _utils.make_grid = _utils.save_image = _absent
-    sys.modules["torchvision"] = types.ModuleType("torchvision")
-    sys.modules["torchvision"].utils = _utils
-    sys.modules["torchvision.utils"] = _utils
+    sys.path.insert(0, str(STUBS))
 
 from monailabel.datastore.local import LocalDatastore  # noqa: E402
 from monailabel.tasks.infer.bundle import BundleInferTask  # noqa: E402
@@ -112,3 +107,78 @@ def test_monailabel_train_updates_the_model(bundle_dir, phantoms, mr_volume, tmp
     assert all(torch.equal(before[k], after[k]) for k in after if k.startswith("content_path."))  # frozen
     # the retrained model.pt is what both inference paths now load
     assert np.array_equal(monailabel_infer(bundle_dir, mr_volume) > 0, bundle_inference(bundle_dir, mr_volume, tmp_path / "ours") > 0)
+
+
+SAMPLE_APP = Path(sys.prefix) / "monailabel" / "sample-apps" / "monaibundle"  # shipped in the monailabel wheel
+
+
+@pytest.fixture
+def server(bundle_dir, phantoms, tmp_path):
+    """``monailabel start_server`` on 127.0.0.1 with the wheel's monaibundle app, a copy of the
+    bundle as its model ``dadr_liver`` and a studies folder of 3 phantom MR volumes; stopped after
+    the test. Yields (base URL, the bundle folder the server uses, the studies folder)."""
+    if not SAMPLE_APP.is_dir():
+        pytest.skip(f"{SAMPLE_APP} is absent (MONAI Label installed without its sample apps)")
+    app, studies = tmp_path / "app", tmp_path / "studies"
+    shutil.copytree(SAMPLE_APP, app, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(bundle_dir, app / "model" / "dadr_liver", ignore=shutil.ignore_patterns("runs"))
+    studies.mkdir()
+    for subject in ("mr_000", "mr_001", "mr_002"):
+        shutil.copy(phantoms / f"mr/{subject}_t1_pre_image.nii.gz", studies / f"{subject}.nii.gz")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(STUBS), os.environ.get("PYTHONPATH", "")])}
+    log = (tmp_path / "server.log").open("w")
+    # zoo_source other than monaihosting: the model comes from app/model, nothing is downloaded
+    process = subprocess.Popen([sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies),
+                                "--conf", "models", "dadr_liver", "--conf", "zoo_source", "github", "--conf", "sam2", "false",
+                                "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            if process.poll() is not None:
+                pytest.fail(f"the server stopped (exit {process.returncode}): {(tmp_path / 'server.log').read_text()[-3000:]}")
+            try:
+                requests.get(f"{url}/info/", timeout=5).raise_for_status()
+                break
+            except requests.ConnectionError:
+                time.sleep(1)
+        else:
+            pytest.fail(f"the server did not answer in 120 s: {(tmp_path / 'server.log').read_text()[-3000:]}")
+        yield url, app / "model" / "dadr_liver", studies
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        log.close()
+
+
+def test_monailabel_server_serves_and_trains_the_bundle_over_http(server, phantoms, tmp_path):
+    """What 3D Slicer does: /info, /infer on a study (the mask equals `monai.bundle run inference`'s
+    voxel for voxel), labels saved to the datastore, then /train, which changes the UNet."""
+    url, bundle, studies = server
+    info = requests.get(f"{url}/info/", timeout=30).json()
+    assert "dadr_liver" in info["models"] and "dadr_liver" in info["trainers"]
+    assert info["models"]["dadr_liver"]["labels"] == {"liver": 1} and info["datastore"]["total"] == 3
+
+    response = requests.post(f"{url}/infer/dadr_liver", params={"image": "mr_000", "output": "image"}, timeout=300)
+    assert response.status_code == 200, response.text[-2000:]
+    (tmp_path / "served.nii.gz").write_bytes(response.content)
+    served = np.asarray(nib.load(tmp_path / "served.nii.gz").dataobj)
+    (tmp_path / "input").mkdir()  # the studies folder now holds the datastore's own files too
+    ours = bundle_inference(bundle, Path(shutil.copy(studies / "mr_000.nii.gz", tmp_path / "input")), tmp_path / "ours")
+    assert served.shape == ours.shape and ours.any()
+    assert np.array_equal(served > 0, ours > 0)
+
+    for subject in ("mr_000", "mr_001", "mr_002"):  # Slicer's "submit label"
+        with (phantoms / f"mr/{subject}_liver.nii.gz").open("rb") as label:
+            response = requests.put(f"{url}/datastore/label", params={"image": subject, "tag": "final"}, files={"label": label}, timeout=60)
+        assert response.status_code == 200, response.text[-2000:]
+    assert requests.get(f"{url}/datastore/", params={"output": "stats"}, timeout=30).json()["completed"] == 3
+    before = torch.load(bundle / "models/model.pt", weights_only=True)
+    response = requests.post(f"{url}/train/dadr_liver", params={"run_sync": "true"}, timeout=600,
+                             json={"max_epochs": 2, "device": "cpu", "multi_gpu": False, "val_split": 0.34})
+    assert response.status_code == 200, response.text[-2000:]
+    after = torch.load(bundle / "models/model.pt", weights_only=True)
+    assert [k for k in after if k.startswith("unet.") and not torch.equal(before[k], after[k])], "the server's training did not change the UNet"
+    assert all(torch.equal(before[k], after[k]) for k in after if k.startswith("content_path."))  # frozen
