@@ -47,8 +47,8 @@ class AdversarialTrainer(Trainer):
         loss: the weighted generator objective.
         adversarial: the adversarial loss (least squares or log).
         epoch_length: iterations per epoch (default: the loader's length).
-        seed: the random numbers of iteration ``i`` come from ``seed`` and ``i`` only, so a
-            resumed run draws the same numbers as an uninterrupted one.
+        seed: the random numbers of iteration ``i`` come from ``seed``, ``i`` (and the torchrun
+            rank) only, so a resumed run draws the same numbers as an uninterrupted one.
         amp_dtype: ``None``, ``"bfloat16"`` or ``"float16"`` autocast (float16 uses gradient scaling).
         channels_last: channels-last memory format for inputs (pair with a channels-last model).
         train_handlers: ignite/MONAI handlers to attach.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 
 from bundle.engines.adversarial import AdversarialTrainer, unwrap
@@ -22,7 +23,8 @@ class DRLTrainer(AdversarialTrainer):
         self.content_adversarial = ContentAdversarialLoss() if content_adversarial is None else content_adversarial
 
     def _random_styles(self, x: torch.Tensor, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
-        gen = torch.Generator(device=x.device).manual_seed(self.seed * 1_000_003 + iteration)
+        # each torchrun rank its own codes (rank 0's are those of a one-process run)
+        gen = torch.Generator(device=x.device).manual_seed(self.seed * 1_000_003 + iteration + idist.get_rank() * 10**12)
         drl = unwrap(self.network)
         return drl.random_style(x.shape[0], x, gen), drl.random_style(x.shape[0], x, gen)
 
