@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import importlib.util
 import resource
 import statistics
+import sys
 import tempfile
 import time
+import types
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-
 import torch
+import yaml
 from monai.bundle import ConfigParser
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
@@ -20,7 +26,12 @@ from bundle.engines import DRLTrainer
 from bundle.networks import DomainDiscriminators, DRLModule
 from bundle.pipeline import CONFIGS
 
-__all__ = ["benchmark_drl", "benchmark_inference", "benchmark_matmul"]
+__all__ = ["benchmark_drl", "benchmark_inference", "benchmark_matmul", "munit_reference_iteration"]
+
+# the MUNIT reference at DADR's loss weights (Ltotal = 25 Lrecon + 10 Ladv + 0.1 Llatent; no
+# cycle or perceptual term), 1-channel images; the rest is its own example config
+MUNIT_OVERRIDES = {"input_dim_a": 1, "input_dim_b": 1, "gan_w": 10, "recon_x_w": 25, "recon_s_w": 0.1, "recon_c_w": 0.1,
+                   "recon_x_cyc_w": 0, "vgg_w": 0, "display_size": 1}
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -40,8 +51,67 @@ def _timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+@contextlib.contextmanager
+def _cuda_calls_stay(device: torch.device):
+    """MUNIT's code moves tensors with ``.cuda()``; on a CPU that call returns the tensor itself."""
+    if device.type == "cuda":
+        yield
+        return
+    cuda = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda = cuda
+
+
+def munit_reference_iteration(reference: str | Path, size: int, dim: int, batch: int = 1, device: str | torch.device = "cpu",
+                              seed: int = 0) -> Callable[[], None]:
+    """One iteration (``dis_update`` + ``gen_update``) of the MUNIT reference trainer from a
+    checkout of github.com/NVlabs/MUNIT at ``reference``, at DADR's sizes and loss weights.
+
+    MUNIT's licence is non-commercial: the project runs the user's checkout and copies nothing
+    from it. Two of its imports are gone from today's stacks and stand in here as empty modules,
+    neither used by an iteration: ``torch.utils.serialization`` (Lua VGG weights; vgg_w is 0) and,
+    when not installed, torchvision (data loading, image grids).
+    """
+    reference, device = Path(reference).resolve(), torch.device(device)
+    config = reference / "configs" / "edges2handbags_folder.yaml"
+    if not (reference / "trainer.py").is_file() or not config.is_file():
+        raise FileNotFoundError(f"{reference}: not a MUNIT checkout (no trainer.py and configs/edges2handbags_folder.yaml); "
+                                "git clone https://github.com/NVlabs/MUNIT into a folder outside this project")
+    stand_ins = {"torch.utils.serialization": types.ModuleType("torch.utils.serialization")}
+    stand_ins["torch.utils.serialization"].load_lua = None
+    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:
+        stand_ins |= {name: types.ModuleType(name) for name in ("torchvision", "torchvision.transforms", "torchvision.utils")}
+        stand_ins["torchvision"].transforms, stand_ins["torchvision"].utils = stand_ins["torchvision.transforms"], stand_ins["torchvision.utils"]
+    sys.modules.update({k: v for k, v in stand_ins.items() if k not in sys.modules})
+    for name in ("trainer", "networks", "utils", "data"):  # MUNIT's top-level modules: another checkout's must not be reused
+        if Path(getattr(sys.modules.get(name), "__file__", None) or "/").parent != reference:
+            sys.modules.pop(name, None)
+    sys.path.insert(0, str(reference))
+    try:
+        trainer_module = importlib.import_module("trainer")
+    finally:
+        sys.path.remove(str(reference))
+    hyperparameters = yaml.safe_load(config.read_text()) | MUNIT_OVERRIDES
+    hyperparameters["gen"] = hyperparameters["gen"] | {"dim": dim}
+    hyperparameters["dis"] = hyperparameters["dis"] | {"dim": dim}
+    torch.manual_seed(seed)
+    with _cuda_calls_stay(device):
+        trainer = trainer_module.MUNIT_Trainer(hyperparameters).to(device)
+    x_a, x_b = (torch.rand(batch, 1, size, size, device=device) * 2 - 1 for _ in range(2))
+
+    def iteration() -> None:
+        with _cuda_calls_stay(device):
+            trainer.dis_update(x_a, x_b, hyperparameters)
+            trainer.gen_update(x_a, x_b, hyperparameters)
+    return iteration
+
+
 def benchmark_drl(size: int = 128, dim: int = 64, batch: int = 1, iters: int = 10, warmup: int = 2, amp: str | None = None,
-                  channels_last: bool | None = None, device: str | None = None, seed: int = 0, profile: bool = False) -> dict:
+                  channels_last: bool | None = None, device: str | None = None, seed: int = 0, profile: bool = False,
+                  reference: str | Path | None = None) -> dict:
     """Seconds per full D+G iteration (``DRLTrainer._iteration``) at the paper's architecture
     (n_down 2, n_res 4, style 8, MLP 256, 3-scale discriminators with 4 layers), 1-channel images.
 
@@ -49,7 +119,10 @@ def benchmark_drl(size: int = 128, dim: int = 64, batch: int = 1, iters: int = 1
     Returns ``{"times": [...], "median": s, "peak_mem_mb": MB, "gflop": GFLOP per iteration, "channels_last": bool}``
     (convolutions and matrix products, forward and backward, counted by torch's ``FlopCounterMode``
     on one extra, untimed iteration); with ``profile``, also ``"profile"``: torch.profiler's
-    table of the operators that took the most time over ``iters`` further iterations.
+    table of the operators that took the most time over ``iters`` further iterations. With
+    ``reference`` (a MUNIT checkout), its iteration runs at the same sizes in float32, alternating
+    with ours in the same loop, and ``"reference_times"``, ``"reference_median"`` and
+    ``"speedup"`` (its median over ours) are added: a ratio measured side by side.
     """
     torch.manual_seed(seed)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -63,17 +136,24 @@ def benchmark_drl(size: int = 128, dim: int = 64, batch: int = 1, iters: int = 1
                          torch.optim.Adam(network.parameters(), **adam), torch.optim.Adam(discriminators.parameters(), **adam),
                          amp_dtype=amp, channels_last=channels_last)
     trainer.state.device = device
-    times = []
+    reference_iteration = None if reference is None else munit_reference_iteration(reference, size, dim, batch, device, seed)
+    times, reference_times = [], []
     for i in range(warmup + iters):
         trainer.state.iteration = i
         seconds = _timed(lambda: trainer._iteration(trainer, batch_data), device)
+        theirs = None if reference_iteration is None else _timed(reference_iteration, device)
         if i >= warmup:
             times.append(seconds)
+            if theirs is not None:
+                reference_times.append(theirs)
     peak = _peak_memory_mb(device)
     with FlopCounterMode(display=False) as counter:
         trainer._iteration(trainer, batch_data)
     result = {"times": times, "median": statistics.median(times), "peak_mem_mb": peak, "gflop": counter.get_total_flops() / 1e9,
               "channels_last": channels_last}
+    if reference_times:
+        result |= {"reference_times": reference_times, "reference_median": statistics.median(reference_times),
+                   "speedup": statistics.median(reference_times) / result["median"]}
     if profile:
         with torch.profiler.profile() as profiler:
             for _ in range(iters):

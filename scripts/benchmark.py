@@ -1,13 +1,14 @@
 """Benchmarks that print figures (never timed tests).
 
     python scripts/benchmark.py drl --size 128 --dim 64 --batch 1 --iters 10 [--amp bfloat16] [--channels_last True] [--profile True]
+        [--reference MUNIT_CHECKOUT]   # the MUNIT reference iteration alternating with ours: both medians and the ratio
 
     python scripts/benchmark.py inference --shape 256,256,40 --iters 5 [--image_size 128 --dim 32]
 
     python scripts/benchmark.py matmul --n 2048 [--dtype bfloat16]
 
 The last line is ``drl s/iter=<median seconds per D+G iteration> peak_mem=<MB> gflop=<per iteration>
-gflops=<achieved>``, ``inference s/volume=<median seconds per volume, read to written> peak_mem=<MB>``,
+gflops=<achieved>`` (with ``--reference``, then ``reference s/iter=<median> speedup=<reference / ours>x``), ``inference s/volume=<median seconds per volume, read to written> peak_mem=<MB>``,
 or ``matmul gflops=<the machine's rate>``.
 """
 
@@ -22,16 +23,20 @@ class Benchmark:
     """Speed benchmarks of the bundle's hot paths."""
 
     def drl(self, size: int = 128, dim: int = 64, batch: int = 1, iters: int = 10, warmup: int = 2, amp: str | None = None,
-            channels_last: bool | None = None, device: str | None = None, profile: bool = False) -> None:
-        """Stage-1 training iteration (discriminator + generator update); ``--profile True`` first prints where the time goes."""
+            channels_last: bool | None = None, device: str | None = None, profile: bool = False, reference: str | None = None) -> None:
+        """Stage-1 training iteration (discriminator + generator update); ``--profile True`` first prints where the time goes;
+        ``--reference DIR`` times the MUNIT reference of a checkout in DIR alternately with ours."""
         channels_last = None if channels_last is None else flag(channels_last, "channels_last")
-        result = benchmark_drl(size, dim, batch, iters, warmup, amp, channels_last, device, profile=flag(profile, "profile"))
+        result = benchmark_drl(size, dim, batch, iters, warmup, amp, channels_last, device, profile=flag(profile, "profile"), reference=reference)
         if "profile" in result:
             print(result["profile"])
         print(f"size={size} dim={dim} batch={batch} amp={amp} channels_last={result['channels_last']} threads={torch.get_num_threads()} "
               f"times=[{', '.join(f'{t:.3f}' for t in result['times'])}]")
+        if "reference_times" in result:
+            print(f"reference times=[{', '.join(f'{t:.3f}' for t in result['reference_times'])}]")
+        reference = f" reference s/iter={result['reference_median']:.3f} speedup={result['speedup']:.2f}x" if "speedup" in result else ""
         print(f"drl s/iter={result['median']:.3f} peak_mem={result['peak_mem_mb']:.0f}MB gflop={result['gflop']:.1f} "
-              f"gflops={result['gflop'] / result['median']:.0f}")
+              f"gflops={result['gflop'] / result['median']:.0f}{reference}")
 
     def inference(self, shape: str | tuple = "256,256,40", iters: int = 5, warmup: int = 1, device: str | None = None, **sizes) -> None:
         """Inference on one volume, end to end, through configs/inference.yaml (sizes overridable)."""

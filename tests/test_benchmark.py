@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 
+import pytest
+import torch
 from conftest import run_script
 
 from bundle.benchmark import benchmark_drl
@@ -22,3 +25,64 @@ def test_flop_count_grows_with_the_square_of_dim():
     """Convolution arithmetic is quadratic in the channel count: doubling dim roughly quadruples it."""
     small, large = (benchmark_drl(size=64, dim=d, iters=1, warmup=0)["gflop"] for d in (2, 4))
     assert 3.0 < large / small < 4.1
+
+
+# A stand-in with the MUNIT checkout's layout and trainer interface (the real one is non-commercial
+# and never enters this project: point MUNIT_DIR at a checkout to run the test below it).
+FAKE_TRAINER = '''
+import torch
+from torch import nn
+
+
+class MUNIT_Trainer(nn.Module):
+    def __init__(self, hyperparameters):
+        super().__init__()
+        self.conv = nn.Conv2d(hyperparameters["input_dim_a"], hyperparameters["gen"]["dim"], 3)
+        self.calls = []
+
+    def dis_update(self, x_a, x_b, hyperparameters):
+        self.calls.append(("dis", torch.randn(1).cuda().device.type, hyperparameters["gan_w"]))
+
+    def gen_update(self, x_a, x_b, hyperparameters):
+        self.conv(x_a).mean().backward()
+        self.calls.append(("gen", x_a.shape[-1], hyperparameters["recon_x_w"]))
+'''
+FAKE_CONFIG = "gen: {dim: 64, style_dim: 8}\ndis: {dim: 64}\ngan_w: 1\nrecon_x_w: 10\n"
+
+
+def fake_checkout(folder):
+    (folder / "configs").mkdir(parents=True)
+    (folder / "trainer.py").write_text(FAKE_TRAINER)
+    (folder / "configs/edges2handbags_folder.yaml").write_text(FAKE_CONFIG)
+    return folder
+
+
+def test_reference_option_alternates_the_reference_iteration_with_ours_and_prints_the_ratio(tmp_path):
+    result = run_script("benchmark.py", "drl", "--size", "64", "--dim", "4", "--iters", "3", "--warmup", "1",
+                        "--reference", fake_checkout(tmp_path / "munit"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    match = re.fullmatch(r"drl s/iter=(\d+\.\d{3}) .* reference s/iter=(\d+\.\d{3}) speedup=(\d+\.\d{2})x", lines[-1])
+    assert match, lines[-1]
+    assert re.fullmatch(r"reference times=\[\d+\.\d{3}, \d+\.\d{3}, \d+\.\d{3}\]", lines[-2])  # the same count as ours
+    ours, theirs, ratio = map(float, match.groups())
+    assert abs(ratio - theirs / ours) <= 0.01 * ratio + 0.2  # (rounded figures)
+
+
+def test_reference_runs_at_our_sizes_and_dadr_loss_weights_on_the_cpu(tmp_path):
+    from bundle.benchmark import munit_reference_iteration
+    iteration = munit_reference_iteration(fake_checkout(tmp_path / "munit"), size=32, dim=4)
+    iteration()
+    held = next(c.cell_contents for c in iteration.__closure__ if isinstance(c.cell_contents, torch.nn.Module))  # its trainer
+    assert held.calls == [("dis", "cpu", 10), ("gen", 32, 25)] and held.conv.out_channels == 4
+
+
+def test_reference_option_names_a_folder_that_is_not_a_munit_checkout(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a MUNIT checkout"):
+        benchmark_drl(size=64, dim=4, iters=1, warmup=0, reference=tmp_path)
+
+
+@pytest.mark.skipif(not os.environ.get("MUNIT_DIR"), reason="MUNIT_DIR (a checkout of github.com/NVlabs/MUNIT) is not set")
+def test_the_real_munit_reference_runs_beside_ours():
+    result = benchmark_drl(size=64, dim=4, iters=2, warmup=0, reference=os.environ["MUNIT_DIR"])
+    assert len(result["reference_times"]) == 2 and result["speedup"] > 0
