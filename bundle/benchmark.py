@@ -26,7 +26,7 @@ from bundle.engines import DRLTrainer
 from bundle.networks import DomainDiscriminators, DRLModule
 from bundle.pipeline import CONFIGS
 
-__all__ = ["benchmark_drl", "benchmark_inference", "benchmark_matmul", "munit_reference_iteration"]
+__all__ = ["benchmark_drl", "benchmark_inference", "benchmark_matmul", "benchmark_stage2", "largest_drl_batch", "munit_reference_iteration"]
 
 # the MUNIT reference at DADR's loss weights (Ltotal = 25 Lrecon + 10 Ladv + 0.1 Llatent; no
 # cycle or perceptual term), 1-channel images; the rest is its own example config
@@ -111,7 +111,7 @@ def munit_reference_iteration(reference: str | Path, size: int, dim: int, batch:
 
 def benchmark_drl(size: int = 128, dim: int = 64, batch: int = 1, iters: int = 10, warmup: int = 2, amp: str | None = None,
                   channels_last: bool | None = None, device: str | None = None, seed: int = 0, profile: bool = False,
-                  reference: str | Path | None = None) -> dict:
+                  reference: str | Path | None = None, compile: bool = False) -> dict:
     """Seconds per full D+G iteration (``DRLTrainer._iteration``) at the paper's architecture
     (n_down 2, n_res 4, style 8, MLP 256, 3-scale discriminators with 4 layers), 1-channel images.
 
@@ -122,7 +122,8 @@ def benchmark_drl(size: int = 128, dim: int = 64, batch: int = 1, iters: int = 1
     table of the operators that took the most time over ``iters`` further iterations. With
     ``reference`` (a MUNIT checkout), its iteration runs at the same sizes in float32, alternating
     with ours in the same loop, and ``"reference_times"``, ``"reference_median"`` and
-    ``"speedup"`` (its median over ours) are added: a ratio measured side by side.
+    ``"speedup"`` (its median over ours) are added: a ratio measured side by side. ``compile``:
+    ``torch.compile`` the networks (the warm-up iterations then include compiling).
     """
     torch.manual_seed(seed)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -134,7 +135,7 @@ def benchmark_drl(size: int = 128, dim: int = 64, batch: int = 1, iters: int = 1
     batch_data = {"ct": torch.rand(batch, 1, size, size) * 2 - 1, "mr": torch.rand(batch, 1, size, size) * 2 - 1}
     trainer = DRLTrainer(device, 1, DataLoader([batch_data], batch_size=None), network, discriminators,
                          torch.optim.Adam(network.parameters(), **adam), torch.optim.Adam(discriminators.parameters(), **adam),
-                         amp_dtype=amp, channels_last=channels_last)
+                         amp_dtype=amp, channels_last=channels_last, compile=compile)
     trainer.state.device = device
     reference_iteration = None if reference is None else munit_reference_iteration(reference, size, dim, batch, device, seed)
     times, reference_times = [], []
@@ -150,7 +151,7 @@ def benchmark_drl(size: int = 128, dim: int = 64, batch: int = 1, iters: int = 1
     with FlopCounterMode(display=False) as counter:
         trainer._iteration(trainer, batch_data)
     result = {"times": times, "median": statistics.median(times), "peak_mem_mb": peak, "gflop": counter.get_total_flops() / 1e9,
-              "channels_last": channels_last}
+              "channels_last": channels_last, "compiled": trainer.compiled}
     if reference_times:
         result |= {"reference_times": reference_times, "reference_median": statistics.median(reference_times),
                    "speedup": statistics.median(reference_times) / result["median"]}
@@ -159,6 +160,63 @@ def benchmark_drl(size: int = 128, dim: int = 64, batch: int = 1, iters: int = 1
             for _ in range(iters):
                 trainer._iteration(trainer, batch_data)
         result["profile"] = profiler.key_averages().table(sort_by="self_device_time_total" if device.type == "cuda" else "self_cpu_time_total", row_limit=15)
+    return result
+
+
+def largest_drl_batch(size: int = 256, dim: int = 64, amp: str | None = "bfloat16", device: str | None = None, limit: int = 256,
+                      **kwargs) -> dict:
+    """The largest power-of-two batch whose stage-1 iteration fits the device's memory (up to
+    ``limit``), with its seconds per iteration: ``{"batch", "median", "peak_mem_mb"}``."""
+    best = None
+    batch = 1
+    while batch <= limit:
+        try:
+            result = benchmark_drl(size, dim, batch, iters=2, warmup=1, amp=amp, device=device, **kwargs)
+        except torch.OutOfMemoryError:
+            break
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+        best = {"batch": batch, "median": result["median"], "peak_mem_mb": result["peak_mem_mb"]}
+        batch *= 2
+    return best
+
+
+def benchmark_stage2(size: int = 128, dim: int = 32, batch: int = 16, iters: int = 10, warmup: int = 2, amp: str | None = None,
+                     device: str | None = None, seed: int = 0) -> dict:
+    """Stage-2 throughput in slices per second, on train.yaml's network (its UNet and, for the
+    precomputation, the DADR content path): ``train`` a UNet step (DiceCE, backward, Adam) on a
+    batch, and ``content_only`` the frozen content path making content-only images of a batch
+    (done once per slice before training). Returns ``{"train": slices/s, "content_only": slices/s}``."""
+    torch.manual_seed(seed)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.yaml"))
+    parser.update({"image_size": size, "dim": dim, "adaptation": "dadr"})
+    network = parser.get_parsed_content("network_def").to(device).train()
+    loss = parser.get_parsed_content("loss")
+    optimizer = torch.optim.Adam(network.unet.parameters(), lr=1e-3)
+    autocast = (lambda: torch.autocast(device.type, dtype=getattr(torch, amp))) if amp else contextlib.nullcontext
+    images = torch.rand(batch, 1, size, size, device=device) * 2 - 1
+    labels = (torch.rand(batch, 1, size, size, device=device) > 0.5).float()
+
+    def train_step() -> None:
+        with autocast():
+            value = loss(network.unet(images).float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        optimizer.step()
+
+    @torch.no_grad()
+    def content_only() -> None:
+        with autocast():
+            network.content_path.content_only(images, "ct")
+
+    result = {}
+    for name, step in (("train", train_step), ("content_only", content_only)):
+        times = [_timed(step, device) for _ in range(warmup + iters)][warmup:]
+        result[name] = batch / statistics.median(times)
     return result
 
 

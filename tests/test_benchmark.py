@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import run_script
+from conftest import ROOT, run_script
 
 from bundle.benchmark import benchmark_drl
 
@@ -86,3 +88,37 @@ def test_reference_option_names_a_folder_that_is_not_a_munit_checkout(tmp_path):
 def test_the_real_munit_reference_runs_beside_ours():
     result = benchmark_drl(size=64, dim=4, iters=2, warmup=0, reference=os.environ["MUNIT_DIR"])
     assert len(result["reference_times"]) == 2 and result["speedup"] > 0
+
+
+def test_compile_falls_back_to_eager_with_a_warning_where_it_is_unavailable(phantoms, monkeypatch, caplog):
+    from test_drl_training import make_trainer
+
+    def unavailable(self, *args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch.nn.Module, "compile", unavailable)
+    trainer = make_trainer(phantoms, iterations=2, compile=True)
+    assert trainer.compiled is False and "torch.compile is unavailable here (no C++ compiler)" in caplog.text
+    trainer.run()  # eager, to the end
+    assert trainer.state.iteration == 2
+
+
+def test_compile_option_compiles_the_network_and_every_discriminator_in_place(phantoms, monkeypatch):
+    from test_drl_training import make_trainer
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *args, **kwargs: compiled.append(self))
+    trainer = make_trainer(phantoms, iterations=1, compile=True)
+    assert trainer.compiled is True
+    assert compiled == [trainer.network, *trainer.discriminators.children()] and len(compiled) >= 3
+
+
+def test_gpu_check_script_runs_every_step_tiny_on_the_cpu(tmp_path):
+    env = {**os.environ, "SIZE": "64", "DIM": "4", "ITERS": "1", "TRAIN_ITERS": "2", "LIMIT": "2", "DEVICE": "cpu", "COMPILE": "False",
+           "OUT": str(tmp_path), "PY": sys.executable, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(["bash", str(ROOT / "scripts/gpu_check.sh")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    for pattern in (r"ceiling: matmul gflops=\d+", r"stage 1 eager: drl s/iter=\d+\.\d{3} .*", r"stage 1 largest batch: max_batch=2 .*",
+                    r"stage 2: seg .* train slices/s=\d+\.\d content_only slices/s=\d+\.\d .*", r"gpu_check: done in \d+ s.*"):
+        assert any(re.match(pattern, line) for line in lines), (pattern, result.stdout[-2000:])
+    assert (tmp_path / "drl/drl.pth").stat().st_size > 0

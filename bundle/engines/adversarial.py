@@ -21,6 +21,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
+from bundle.engines.compile import compile_modules
 from bundle.losses import AdversarialLoss
 
 __all__ = ["AdversarialTrainer", "unwrap"]
@@ -51,6 +52,8 @@ class AdversarialTrainer(Trainer):
             rank) only, so a resumed run draws the same numbers as an uninterrupted one.
         amp_dtype: ``None``, ``"bfloat16"`` or ``"float16"`` autocast (float16 uses gradient scaling).
         channels_last: channels-last memory format for inputs (pair with a channels-last model).
+        compile: ``torch.compile`` the network and each discriminator in place (eager where it is
+            unavailable; ``compiled`` says which).
         train_handlers: ignite/MONAI handlers to attach.
     """
 
@@ -69,6 +72,7 @@ class AdversarialTrainer(Trainer):
         seed: int = 0,
         amp_dtype: str | None = None,
         channels_last: bool = False,
+        compile: bool = False,
         train_handlers: Sequence | None = None,
         iteration_update: Callable | None = None,
     ) -> None:
@@ -89,6 +93,7 @@ class AdversarialTrainer(Trainer):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         use_scaler = self.amp_dtype == torch.float16
         self.scalers = {k: torch.amp.GradScaler(enabled=use_scaler) for k in ("d", "g")}
+        self.compiled = compile_modules(unwrap(network), *unwrap(discriminators).children()) if compile else False
         self.add_event_handler(Events.EPOCH_STARTED, self._set_data_epoch)
 
     def _set_data_epoch(self, engine: AdversarialTrainer) -> None:
