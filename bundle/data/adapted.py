@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
+from monai.utils import evenly_divisible_all_gather
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -70,15 +71,16 @@ class AdaptedSlices(Dataset):
     def _apply(function: Callable, images: torch.Tensor, batch_size: int, owner: nn.Module) -> torch.Tensor:
         """``function`` of the images in batches, channel by channel (a 2.5D input's adjacent
         slices each), on the device of ``owner``'s weights. Under torch.distributed each rank
-        adapts every N-th image and the ranks exchange the results: computed once, not N times."""
+        adapts its 1/N of the images and MONAI's ``evenly_divisible_all_gather`` shares them:
+        computed once, not N times."""
         device = next(owner.parameters()).device
         n, c = images.shape[:2]
         flat = images.reshape(n * c, 1, *images.shape[2:])
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        mine = [function(batch.to(device)) for batch in flat[rank::world].split(batch_size)]
-        adapted = torch.cat(mine) if mine else function(flat[:0].to(device))
+        share = flat.tensor_split(world)[rank]
+        adapted = torch.cat([function(batch.to(device)) for batch in share.split(batch_size)] or [function(share.to(device))])
         if world > 1:
-            adapted = _interleave_ranks(adapted, len(flat), world)
+            adapted = evenly_divisible_all_gather(adapted)  # the ranks' shares, in rank order
         return adapted.cpu().reshape(n, c, *images.shape[2:])
 
     def __len__(self) -> int:
@@ -88,15 +90,3 @@ class AdaptedSlices(Dataset):
         item = {"image": self.images[i], "label": self.labels[i]}
         return self.transform(item) if self.transform is not None else item
 
-
-def _interleave_ranks(share: torch.Tensor, total: int, world: int) -> torch.Tensor:
-    """The ``total`` images of which rank r holds images r, r + world, ... (``share``), on every
-    rank. torch.distributed's all_gather wants equal sizes: shares are padded to the largest."""
-    size = -(-total // world)
-    padded = torch.cat([share, share.new_zeros(size - len(share), *share.shape[1:])])
-    gathered = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(gathered, padded)
-    out = share.new_empty(total, *share.shape[1:])
-    for rank, images in enumerate(gathered):
-        out[rank::world] = images[: len(out[rank::world])]
-    return out
