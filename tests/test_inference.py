@@ -393,10 +393,56 @@ def test_ensemble_averages_the_contrast_variants_probabilities_and_measures_thei
         EnsembleInferer(slices, gammas=(0.5, 2.0))
 
 
-def test_uncertainty_option_writes_the_entropy_on_the_input_grid_and_scores_it(phantoms, weights, tmp_path):
+def test_style_ensemble_averages_content_only_images_decoded_under_sampled_ct_styles(weights):
+    """``styled`` decodes with the given CT style and restores zero; the ensemble averages the
+    neutral pass and each style's pass, keeps the neutral content-only image, and is refused
+    for a network without a content path."""
+    from monai.inferers import SliceInferer
+
+    from bundle.inferers import EnsembleInferer
+
+    network = dadr(64)
+    network.load_state_dict(torch.load(weights / "model.pt", weights_only=True))
+    network.eval()
+    path, x = network.content_path, torch.rand(3, 1, 64, 64) * 2 - 1
+    style = torch.randn(path.style_dim)
+    with torch.no_grad():
+        code = path.content_encoders["mr"](x)
+        neutral = path(x)
+        with path.styled(style):
+            styled = path(x)
+        assert torch.allclose(neutral, path.generators["ct"](code, torch.zeros(3, path.style_dim)), atol=1e-6)
+        assert torch.allclose(styled, path.generators["ct"](code, style.expand(3, -1)), atol=1e-6)
+        assert not torch.allclose(styled, neutral, atol=1e-3) and torch.equal(path.style, torch.zeros(path.style_dim))
+        assert torch.equal(path(x), neutral)
+
+        volume = torch.rand(1, 1, 40, 50, 3) * 2 - 1
+        slices = SliceInferer(roi_size=(-1, -1), spatial_dim=2)
+        ensemble = EnsembleInferer(slices, gammas=(1.0,), styles=2, content_path=path, seed=0)
+        log_mean, content, entropy = ensemble(volume, network.segment_with_content)
+        passes = [slices(volume, network.segment_with_content)]
+        for code_k in ensemble.styles:
+            with path.styled(code_k):
+                passes.append(slices(volume, network.segment_with_content))
+    expected = sum(torch.softmax(logits, 1) for logits, _ in passes) / 3
+    assert len(ensemble.styles) == 2 and not torch.allclose(ensemble.styles[0], ensemble.styles[1])
+    assert torch.allclose(torch.softmax(log_mean, 1), expected, atol=1e-5)
+    assert not torch.allclose(expected, torch.softmax(passes[0][0], 1), atol=1e-4)  # the styles change the prediction
+    assert torch.equal(content, passes[0][1]) and entropy.shape == (1, 1, 40, 50, 3) and entropy.max() > 0
+    assert torch.equal(path.style, torch.zeros(path.style_dim))
+    with pytest.raises(ValueError, match="content path"):
+        EnsembleInferer(slices, styles=2, content_path=None)
+    with pytest.raises(ValueError, match="shape"):
+        path.styled(torch.zeros(path.style_dim + 1)).__enter__()
+
+
+@pytest.mark.parametrize("styles", [0, 2])
+def test_uncertainty_option_writes_the_entropy_on_the_input_grid_and_scores_it(phantoms, weights, tmp_path, styles):
+    """The contrast ensemble, and with ``--ensemble_styles`` also sampled CT styles (DADR)."""
     out = tmp_path / "eval"
     run_bundle("evaluating", config_file=[str(ROOT / "configs/inference.yaml"), str(ROOT / "configs/evaluate.yaml")],
-               datalist=str(phantoms / "datalist.json"), model_path=str(weights / "model.pt"), output_dir=str(out), uncertainty=True, **SIZES)
+               datalist=str(phantoms / "datalist.json"), model_path=str(weights / "model.pt"), output_dir=str(out), uncertainty=True,
+               ensemble_styles=styles, **SIZES)
     entries = read_datalist(phantoms / "datalist.json", "target_test")
     for entry in entries:
         source = nib.load(entry["image"])

@@ -4,6 +4,8 @@
 with the zero style code, the same decoder for both modalities so CT and MR land in one image
 space. Zero is the centre of the style prior N(0, I): the generator is trained around it,
 whereas an AdaIN with its affine switched off is a path it never sees in training.
+``styled`` decodes with another CT style code for a while: the test-time style ensemble
+(``bundle/inferers.py``) segments content-only images under several sampled CT styles.
 
 ``ContentOnly`` holds just these parts; the DRLModule is a ``ContentOnly`` with the style
 encoders and the other generator added, so the content-only image has one implementation and
@@ -11,6 +13,9 @@ the inference network takes the DRLModule's weights key for key.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -49,6 +54,8 @@ class ContentOnly(nn.Module):
         channels = self.content_encoders[content_domain].out_channels
         self.generators = nn.ModuleDict({content_domain: Generator(channels, in_channels, n_down, n_res, style_dim, mlp_dim)})
         self.modality, self.content_domain, self.style_dim = modality, content_domain, style_dim
+        # the style content-only images are decoded with: zero, except inside ``styled``; not saved with the weights
+        self.register_buffer("style", torch.zeros(style_dim), persistent=False)
 
     def content_only(self, x: torch.Tensor, domain: str) -> torch.Tensor:
         """Content-only image of slices ``x`` of ``domain``."""
@@ -59,13 +66,27 @@ class ContentOnly(nn.Module):
         return self.decode_neutral(code)
 
     def decode_neutral(self, code: torch.Tensor) -> torch.Tensor:
-        """Content-only image of content codes: the ``content_domain`` generator with the zero style."""
-        neutral = torch.zeros(code.shape[0], self.style_dim, device=code.device, dtype=code.dtype)
+        """Content-only image of content codes: the ``content_domain`` generator with the zero
+        style (or the one ``styled`` sets)."""
+        style = self.style.to(code.dtype).expand(code.shape[0], self.style_dim)
         out = code
         for name, generator in self.generators.items():
             if name == self.content_domain:
-                out = generator(code, neutral)
+                out = generator(code, style)
         return out
+
+    @contextmanager
+    def styled(self, style: torch.Tensor) -> Iterator[None]:
+        """Decode content-only images with the style code ``style`` (``style_dim``,) inside the
+        ``with`` block instead of zero."""
+        if tuple(style.shape) != (self.style_dim,):
+            raise ValueError(f"a style code has shape ({self.style_dim},), got {tuple(style.shape)}")
+        previous = self.style.clone()
+        self.style.copy_(style)
+        try:
+            yield
+        finally:
+            self.style.copy_(previous)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.content_only(x, self.modality)
