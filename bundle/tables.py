@@ -77,6 +77,7 @@ def tables(rows_by_experiment: dict[str, list[dict]]) -> tuple[dict, str]:
         header = "| method | " + " | ".join(f"{t.upper()} tested: ours | {t.upper()} tested: paper" for t in tests) + " | train min/fold |"
         lines += [f"### {title}", "", header, "|---" * (2 + 2 * len(tests)) + "|"]
         tables[title] = {}
+        table_rows = [row for row in table_rows if any(r["model"] == row[1] for r in rows)]  # not the models --models left out
         for label, model, paper in table_rows:
             cells, entry = [], {}
             for test in tests:

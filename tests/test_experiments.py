@@ -213,3 +213,16 @@ def test_command_line_flags_read_true_and_false_in_any_spelling():
     with pytest.raises(ValueError, match="--split_source must be True or False, got 'maybe'"):
         flag("maybe", "split_source")
     assert [optional(v) for v in ("null", "None", None, "bfloat16")] == [None, None, None, "bfloat16"]  # --amp null
+
+
+def test_tables_leave_out_the_models_a_run_did_not_train():
+    """``--models dadr``: the DADR table has the DADR row and per-image column, not rows of n/a
+    for the models left out."""
+    from bundle.tables import tables
+
+    rows = [{"model": "dadr", "test": "mr", "fold": 0, "image": f"/d/mr_{i}_image.nii.gz", "dice": d, "train_seconds": 60.0}
+            for i, d in enumerate((0.5, 0.7))]
+    result, markdown = tables({"dadr": rows})
+    table = result["DADR alone and our additions (one stage 1 per fold; the paper's figure beside)"]
+    assert list(table) == ["DADR (UNet on content-only CT)"] and table["DADR (UNet on content-only CT)"]["mr"]["dice_mean"] == pytest.approx(0.6)
+    assert "n/a" not in markdown and "+ appearance randomisation" not in markdown and "| mr_1_image | 0.700 |" in markdown
