@@ -63,18 +63,22 @@ MODELS = {
                          "joint": True, "joint_section": PSEUDO_SECTION}, "none"),
     "dadr_rand_st": ({"adaptation": "dadr", "train_section": "source", "train_modality": "ct", "appearance_randomisation": True,
                       "joint": True, "joint_section": PSEUDO_SECTION}, "dadr"),
+    "dacgan_st": ({"adaptation": "cyclegan", "train_section": "source", "train_modality": "ct", "joint": True,
+                   "joint_section": PSEUDO_SECTION}, "none"),  # CT translated to MR + the MR pseudo-labelled by dacgan
 }
 MODELS["unet_ct_rand_st2"] = MODELS["unet_ct_rand_st"]  # a second round: the first round's student is its teacher
 # the paper's stage 1 (its eq. 1 and 3, lr 1e-4, no shared residual block), against our defaults in drl_train.yaml
 PAPER_STAGE1 = {"content_adv_weight": 0.0, "shared_res": 0, "learning_rate": 1e-4, "adversarial": "log"}
-TEACHERS = {"unet_ct_rand_st": "unet_ct_rand", "unet_ct_rand_st2": "unet_ct_rand_st", "dadr_rand_st": "dadr_rand"}  # self-trained model -> the model whose masks it learns
+TEACHERS = {"unet_ct_rand_st": "unet_ct_rand", "unet_ct_rand_st2": "unet_ct_rand_st", "dadr_rand_st": "dadr_rand",
+            "dacgan_st": "dacgan"}  # self-trained model -> the model whose masks it learns
 EXPERIMENTS = {  # model -> the held-out modalities it is tested on
     "da": {"unet_ct": ("mr", "ct"), "dacgan": ("mr",), "dadr": ("mr",), "unet_mr": ("mr", "ct"), "joint": ("mr", "ct")},
     "multiphase": {"dacgan": ("mr",), "dadr": ("mr",)},
     "mr_bound": {"unet_mr": ("mr",)},
     "ct_only": {"unet_ct": ("ct", "mr"), "unet_ct_rand": ("ct", "mr")},
     "dadr": {"dadr_rand": ("mr",), "dadr_rand_st": ("mr",), "dadr": ("mr",)},  # our default and its ablations
-    "self_training": {"unet_ct_rand": ("mr",), "unet_ct_rand_st": ("mr",), "unet_ct_rand_st2": ("mr",)},  # self-training without adaptation, two rounds
+    "self_training": {"unet_ct_rand": ("mr",), "unet_ct_rand_st": ("mr",), "unet_ct_rand_st2": ("mr",),  # without adaptation, two rounds
+                      "dacgan": ("mr",), "dacgan_st": ("mr",)},  # and with the DACGAN baseline as the teacher
 }
 FOLDED = {"da": ("ct", "mr"), "multiphase": ("ct", "mr"), "mr_bound": ("mr",), "ct_only": ("ct",), "dadr": ("ct", "mr"),
           "self_training": ("ct", "mr")}  # the modalities each splits
@@ -222,7 +226,7 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
             nothing is then tested on CT (table 2's CT columns stay empty).
         experiments: which to run, comma-separated: ``da`` (tables 1-2), ``mr_bound``, ``ct_only``,
             ``dadr`` (DADR, with appearance randomisation, and self-trained: one stage 1 per fold), ``self_training``
-            (the CT-trained randomised UNet and its self-trained student; ``multiphase`` runs when
+            (the CT-trained randomised UNet and DACGAN, each with its self-trained student; ``multiphase`` runs when
             ``multiphase_datalist`` is given).
         ct_folds: folds over the CT subjects for ``ct_only`` (default: ``folds``).
         val_subjects: training subjects per modality held out for validation; the UNets are then

@@ -52,6 +52,10 @@ def test_cyclegan_bundle_run_and_dacgan_training_slices(phantoms, tmp_path):
     assert len(plain) == len(translated) and torch.equal(plain.labels, translated.labels)
     with torch.no_grad():
         assert torch.allclose(translated.images[:4], translator(plain.images[:4]), atol=1e-5)
+    mr = [dict(e, modality="mr") for e in read_datalist(phantoms / "datalist.json", "target_labelled")]
+    student = AdaptedSlices(ct + mr, network, translator=translator)  # dacgan_st: the CT translated, the (pseudo-)labelled MR as they are
+    assert torch.equal(student.images[:len(plain)], translated.images)
+    assert torch.equal(student.images[len(plain):], AdaptedSlices(mr, network, modality="mr").images) and len(student) > len(plain)
     with pytest.raises(DataError, match="cyclegan.pt: does not fit"):
         load_translator(weights, dim=16, n_res=2)
     with pytest.raises(DataError, match="missing.pt: does not exist"):
@@ -157,6 +161,8 @@ def test_bounds_and_ct_only_baselines_fold_one_modality_each(phantoms, tmp_path)
         run_experiments(phantoms / "datalist.json", tmp_path / "other", experiments="mr_bound,nope")
     with pytest.raises(ValueError, match="learn from \\['dadr_rand'\\]"):
         run_experiments(phantoms / "datalist.json", tmp_path / "other", experiments="dadr", models="dadr,dadr_rand_st")
+    with pytest.raises(ValueError, match="learn from \\['dacgan'\\]"):
+        run_experiments(phantoms / "datalist.json", tmp_path / "other", experiments="self_training", models="dacgan_st")
     with pytest.raises(ValueError, match="not in the experiments"):
         run_experiments(phantoms / "datalist.json", tmp_path / "other", experiments="mr_bound", models="dadr")
     with pytest.raises(ValueError, match="no task-aware term"):

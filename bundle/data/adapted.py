@@ -59,7 +59,7 @@ class AdaptedSlices(Dataset):
                 adapted, mod = self._apply(translator, adapted, batch_size, translator), "mr"
             path = network.content_path
             if isinstance(path, ContentOnly):  # always in eval mode (LiverSegmenter)
-                adapted = self._apply(lambda x, m=mod: path.content_only(x, m), adapted, batch_size, path)
+                adapted = self._apply(lambda x, m=mod, p=path: p.content_only(x, m), adapted, batch_size, path)
             images.append(adapted)
             labels.append(slices["label"])
         empty = torch.empty(0, 1, network.image_size, network.image_size)
