@@ -186,6 +186,14 @@ def _names(text: str | list[str]) -> list[str]:
     return [e.strip() for e in (text.split(",") if isinstance(text, str) else text)]
 
 
+def _fold_indices(run_folds: str | int | list[int] | tuple[int, ...] | None) -> set[int] | None:
+    """``--run_folds`` as a set of indices; the command line gives ``1`` as an int and ``0,1`` as a tuple."""
+    if run_folds is None:
+        return None
+    items = run_folds.split(",") if isinstance(run_folds, str) else run_folds if isinstance(run_folds, (list, tuple)) else [run_folds]
+    return {int(k) for k in items}
+
+
 def _check_resumable(path: Path, settings: dict) -> None:
     """Record the settings of a new run; a run resumed in the same folder must use the same ones,
     or its folds would mix results of different settings."""
@@ -203,7 +211,7 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
                     split_source: bool = True, experiments: str | list[str] = "da", ct_folds: int | None = None, val_subjects: int = 0,
                     amp: str | None = None, iterations_per_epoch: int | None = None, unet_channels: list[int] | None = None,
                     context_slices: int = 0, organs: bool = False, task_weight: float = 0.0, models: str | list[str] | None = None,
-                    paper_stage1: bool = False, pseudo_repeat: int = 1) -> dict:
+                    paper_stage1: bool = False, pseudo_repeat: int = 1, run_folds: str | list[int] | None = None) -> dict:
     """Run the experiments under ``out``; writes ``results.csv``, ``results.json`` and ``results.md``.
 
     Args:
@@ -244,6 +252,9 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
         paper_stage1: stage 1 with the paper's settings (``PAPER_STAGE1``) instead of our defaults.
         pseudo_repeat: times each pseudo-labelled MR volume counts per epoch of a self-trained model
             (train.yaml ``joint_repeat``): a few MR against many CT slices.
+        run_folds: train only these folds (comma-separated indices from 0, e.g. ``1``), one job per fold on
+            a cluster or across sessions; the other folds enter the tables where an earlier run in ``out``
+            finished them, and ``results.md`` names the folds it holds. ``None``: every fold.
     """
     out = Path(out)
     figures, split_source, organs = flag(figures, "figures"), flag(split_source, "split_source"), flag(organs, "organs")
@@ -253,6 +264,9 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
     datalist = Path(datalist).resolve()
     multiphase_datalist = None if multiphase_datalist is None else Path(multiphase_datalist).resolve()
     ct_folds = ct_folds or folds
+    chosen_folds = _fold_indices(run_folds)
+    if chosen_folds is not None and not chosen_folds <= set(range(max(folds, ct_folds))):
+        raise ValueError(f"--run_folds: {sorted(chosen_folds)} are not all fold indices 0..{max(folds, ct_folds) - 1}")
     settings = {"image_size": size, "dim": dim, "drl_iterations": drl_iterations, "cyclegan_iterations": cyclegan_iterations,
                 "seg_epochs": seg_epochs, "seed": seed, "folds": folds, "split_source": split_source, "datalist": str(datalist),
                 "multiphase_datalist": None if multiphase_datalist is None else str(multiphase_datalist),
@@ -292,6 +306,9 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
         rows = []
         for k in range(len(ct_test)):
             fold_dir = out / experiment / f"fold_{k}"
+            if chosen_folds is not None and k not in chosen_folds and not (fold_dir / "results.json").is_file():
+                logger.info("%s fold %d/%d: not in --run_folds and not finished before, left out of the tables", experiment, k + 1, len(ct_test))
+                continue
             if not (fold_dir / "datalist.json").is_file():
                 _write_json(fold_dir / "datalist.json", fold_datalist(ct, mr, ct_test[k], mr_test[k], val_subjects, seed))
             logger.info("%s fold %d/%d: CT test %s, MR test %s", experiment, k + 1, len(ct_test), ct_test[k], mr_test[k])
@@ -305,14 +322,16 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
     writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(all_rows)
-    result = {"settings": settings, "tables": table_data, "rows": all_rows}
+    held = {e: sorted({r["fold"] for r in rows}) for e, rows in rows_by_experiment.items()}
+    result = {"settings": settings, "folds_in_tables": held, "tables": table_data, "rows": all_rows}
     out.mkdir(parents=True, exist_ok=True)
     with atomic_outputs([out / "results.csv", out / "results.json", out / "results.md"]) as (tmp_csv, tmp_json, tmp_md):
         tmp_csv.write_text(text.getvalue())
         tmp_json.write_text(json.dumps(result, indent=2))
-        tmp_md.write_text(f"Dice mean (std) over held-out images, subject-wise cross-validation; settings: {json.dumps(settings)}\n\n{markdown}")
+        tmp_md.write_text(f"Dice mean (std) over held-out images, subject-wise cross-validation; "
+                          f"folds in the tables: {json.dumps(held)}; settings: {json.dumps(settings)}\n\n{markdown}")
     print(markdown)
-    if figures and "da" in rows_by_experiment:
+    if figures and 0 in held.get("da", []):  # the figures show fold 0
         result["figures"] = [str(p) for p in experiment_figures(out, size, dim, task_weight=task_weight)]
     return result
 

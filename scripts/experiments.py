@@ -4,6 +4,8 @@
         [--size 128] [--dim 32] [--drl_iterations N] [--cyclegan_iterations N] [--seg_epochs N] [--figures False] [--split_source False]
 
 Re-running with the same --out resumes: finished steps and folds are not recomputed.
+One job per fold (a cluster, or folds across sessions): --run_folds 1 trains fold 1 only; the tables
+take every fold of --out that has finished, and results.md names them.
 """
 
 import functools

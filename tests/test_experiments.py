@@ -170,6 +170,28 @@ def test_bounds_and_ct_only_baselines_fold_one_modality_each(phantoms, tmp_path)
     assert not (tmp_path / "other").exists()  # refused before anything is written
 
 
+def test_run_folds_trains_the_chosen_folds_and_tables_every_finished_one(phantoms, tmp_path):
+    """One job per fold (``--run_folds``): a job trains its folds only; a later job for the other
+    fold trains that one alone and tables both; an index outside the folds is refused."""
+    out = tmp_path / "per_fold"
+    settings = dict(folds=2, size=64, dim=8, seg_epochs=1, experiments="mr_bound", iterations_per_epoch=2,
+                    unet_channels=[8, 16, 32, 64, 128], figures=False)
+    first = run_experiments(phantoms / "datalist.json", out, run_folds=1, **settings)
+    assert {r["fold"] for r in first["rows"]} == {1} and first["folds_in_tables"] == {"mr_bound": [1]}
+    assert not (out / "mr_bound" / "fold_0").exists()
+    assert 'folds in the tables: {"mr_bound": [1]}' in (out / "results.md").read_text()
+    model_1 = out / "mr_bound" / "fold_1" / "unet_mr" / "model.pt"
+    stamp = model_1.stat().st_mtime_ns
+    both = run_experiments(phantoms / "datalist.json", out, run_folds="0", **settings)
+    assert {r["fold"] for r in both["rows"]} == {0, 1} and model_1.stat().st_mtime_ns == stamp
+    datalist = json.loads((phantoms / "datalist.json").read_text())
+    mr_images = sorted(e["image"].split("/")[-1] for e in datalist["target_labelled"] + datalist["target_test"])
+    assert sorted(r["image"].split("/")[-1] for r in both["rows"]) == mr_images  # each MR image held out once
+    assert run_experiments(phantoms / "datalist.json", out, run_folds=(0, 1), **settings)["rows"] == both["rows"]
+    with pytest.raises(ValueError, match="--run_folds: \\[2\\] are not all fold indices 0..1"):
+        run_experiments(phantoms / "datalist.json", tmp_path / "other", run_folds=2, **settings)
+
+
 def test_dadr_experiment_with_the_task_aware_content_space(phantoms, tmp_path, monkeypatch):
     """``--experiments dadr --task_weight 1 --split_source False``: every CT subject trains stage 1
     with its labels (the segmenter is in drl.pt), each MR image is tested once by DADR, DADR with
