@@ -67,10 +67,11 @@ MODELS = {
                    "joint_section": PSEUDO_SECTION}, "none"),  # CT translated to MR + the MR pseudo-labelled by dacgan
 }
 MODELS["unet_ct_rand_st2"] = MODELS["unet_ct_rand_st"]  # a second round: the first round's student is its teacher
+MODELS["agreement_st"] = MODELS["unet_ct_rand_st"]  # taught where two teachers agree (bundle.self_training.agreed_pseudo_labels)
 # the paper's stage 1 (its eq. 1 and 3, lr 1e-4, no shared residual block), against our defaults in drl_train.yaml
 PAPER_STAGE1 = {"content_adv_weight": 0.0, "shared_res": 0, "learning_rate": 1e-4, "adversarial": "log"}
-TEACHERS = {"unet_ct_rand_st": "unet_ct_rand", "unet_ct_rand_st2": "unet_ct_rand_st", "dadr_rand_st": "dadr_rand",
-            "dacgan_st": "dacgan"}  # self-trained model -> the model whose masks it learns
+TEACHERS = {"unet_ct_rand_st": ("unet_ct_rand",), "unet_ct_rand_st2": ("unet_ct_rand_st",), "dadr_rand_st": ("dadr_rand",),
+            "dacgan_st": ("dacgan",), "agreement_st": ("unet_ct_rand", "dacgan")}  # self-trained model -> the models whose masks it learns
 EXPERIMENTS = {  # model -> the held-out modalities it is tested on
     "da": {"unet_ct": ("mr", "ct"), "dacgan": ("mr",), "dadr": ("mr",), "unet_mr": ("mr", "ct"), "joint": ("mr", "ct")},
     "multiphase": {"dacgan": ("mr",), "dadr": ("mr",)},
@@ -78,7 +79,8 @@ EXPERIMENTS = {  # model -> the held-out modalities it is tested on
     "ct_only": {"unet_ct": ("ct", "mr"), "unet_ct_rand": ("ct", "mr")},
     "dadr": {"dadr_rand": ("mr",), "dadr_rand_st": ("mr",), "dadr": ("mr",)},  # our default and its ablations
     "self_training": {"unet_ct_rand": ("mr",), "unet_ct_rand_st": ("mr",), "unet_ct_rand_st2": ("mr",),  # without adaptation, two rounds
-                      "dacgan": ("mr",), "dacgan_st": ("mr",)},  # and with the DACGAN baseline as the teacher
+                      "dacgan": ("mr",), "dacgan_st": ("mr",),  # and with the DACGAN baseline as the teacher
+                      "agreement_st": ("mr",)},  # and with both teachers, where they agree
 }
 FOLDED = {"da": ("ct", "mr"), "multiphase": ("ct", "mr"), "mr_bound": ("mr",), "ct_only": ("ct",), "dadr": ("ct", "mr"),
           "self_training": ("ct", "mr")}  # the modalities each splits
@@ -164,10 +166,10 @@ def _model_path(model_dir: Path, overrides: dict) -> Path:
     return model_dir / ("model_best.pt" if "val_section" in overrides else "model.pt")
 
 
-def _pseudo_datalist(fold_dir: Path, model_dir: Path, teacher: str, sections: dict, sizes: dict, settings: dict) -> Path:
-    """The fold's datalist plus its training MR pseudo-labelled by ``teacher`` (trained before in this fold)."""
-    teacher_path = _model_path(fold_dir / teacher, _stage2_overrides(teacher, settings, sections))
-    return pseudo_labelled_datalist(sections, teacher_path, model_dir, sizes, MODELS[teacher][1], amp=settings["amp"])
+def _pseudo_datalist(fold_dir: Path, model_dir: Path, teachers: tuple[str, ...], sections: dict, sizes: dict, settings: dict) -> Path:
+    """The fold's datalist plus its training MR pseudo-labelled by ``teachers`` (trained before in this fold)."""
+    models = [(_model_path(fold_dir / t, _stage2_overrides(t, settings, sections)), MODELS[t][1]) for t in teachers]
+    return pseudo_labelled_datalist(sections, models, model_dir, sizes, amp=settings["amp"])
 
 
 def _train_seconds(model_dir: Path) -> float | None:
@@ -281,8 +283,9 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
         known = {m for e in names for m in EXPERIMENTS[e]}
         if unknown := [m for m in settings["models"] if m not in known]:
             raise ValueError(f"--models: {unknown} not in the experiments {names}; choose from {sorted(known)}")
-        if orphans := [m for m in settings["models"] if m in TEACHERS and TEACHERS[m] not in settings["models"]]:
-            raise ValueError(f"--models: {orphans} learn from {[TEACHERS[m] for m in orphans]}: name those too")
+        if orphans := [m for m in settings["models"] if not set(TEACHERS.get(m, ())) <= set(settings["models"])]:
+            missing = sorted({t for m in orphans for t in TEACHERS[m]} - set(settings["models"]))
+            raise ValueError(f"--models: {orphans} learn from {missing}: name those too")
     ct = labelled_entries(datalist, ("source",), "ct")
     targets = {e: labelled_entries(datalist, LABELLED_MR_SECTIONS, "mr") for e in names}
     if multiphase_datalist is not None:

@@ -44,6 +44,7 @@ TABLES = [
         ("+ a second round of self-training", "unet_ct_rand_st2", {"mr": "-"}),
         ("DACGAN (UNet on CT->MR)", "dacgan", {"mr": "0.72 (0.05)"}),
         ("+ self-training (CT->MR and MR pseudo-labelled by DACGAN)", "dacgan_st", {"mr": "-"}),
+        ("self-training where both teachers agree (randomised CT + MR pseudo-labelled by both)", "agreement_st", {"mr": "-"}),
     ]),
 ]
 

@@ -21,7 +21,7 @@ def self_train(datalist: str, teacher: str, out: str, adaptation: str = "none", 
     """Pseudo-label DATALIST's target MR with TEACHER, then train OUT/model.pt on its source CT + those MR
     (each counted ``pseudo_repeat`` times per epoch)."""
     sections = {name: read_datalist(datalist, name) for name, entries in json.load(open(datalist)).items() if entries}
-    student_datalist = pseudo_labelled_datalist(sections, teacher, out, sizes, adaptation, amp=amp)
+    student_datalist = pseudo_labelled_datalist(sections, [(teacher, adaptation)], out, sizes, amp=amp)
     run_stage2(student_datalist.parent, student_datalist.parent, drl_path, seg_epochs, sizes, datalist=str(student_datalist),
                adaptation=adaptation, train_section="source", train_modality="ct", appearance_randomisation=True, joint=True,
                joint_section=PSEUDO_SECTION, joint_repeat=int(pseudo_repeat), amp=amp, seed=seed)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import nibabel as nib
+import numpy as np
 import torch
 from conftest import run_script
 
@@ -190,6 +192,30 @@ def test_run_folds_trains_the_chosen_folds_and_tables_every_finished_one(phantom
     assert run_experiments(phantoms / "datalist.json", out, run_folds=(0, 1), **settings)["rows"] == both["rows"]
     with pytest.raises(ValueError, match="--run_folds: \\[2\\] are not all fold indices 0..1"):
         run_experiments(phantoms / "datalist.json", tmp_path / "other", run_folds=2, **settings)
+
+
+def test_agreement_student_learns_where_the_randomised_ct_unet_and_dacgan_agree(phantoms, tmp_path, monkeypatch):
+    """``--models unet_ct_rand,dacgan,agreement_st``: both teachers pseudo-label the fold's training MR,
+    the student's labels are inside each teacher's mask, and it trains on CT + those MR."""
+    import bundle.self_training as self_training
+    monkeypatch.setattr(self_training, "LIVER_ML", (0.0, float("inf")))  # 1-epoch teachers: keep every mask
+    monkeypatch.setattr(self_training, "MAX_MEAN_ENTROPY", float("inf"))
+    out = tmp_path / "agree"
+    result = run_experiments(phantoms / "datalist.json", out, folds=2, size=64, dim=8, cyclegan_iterations=4, seg_epochs=1,
+                             experiments="self_training", models="unet_ct_rand,dacgan,agreement_st", iterations_per_epoch=2,
+                             run_folds=0, figures=False)
+    assert {r["model"] for r in result["rows"]} == {"unet_ct_rand", "dacgan", "agreement_st"}
+    fold = out / "self_training" / "fold_0"
+    sections = json.loads((fold / "datalist.json").read_text())
+    pseudo = json.loads((fold / "agreement_st" / "datalist.json").read_text())["target_pseudo"]
+    assert sorted(e["image"] for e in pseudo) == sorted(e["image"] for e in sections["target"])
+    for entry in pseudo:
+        assert "agreement_st/pseudo/masks" in entry["label"]
+        agreed = np.asarray(nib.load(entry["label"]).dataobj) > 0
+        for teacher in ("teacher_0", "teacher_1"):
+            mask = fold / "agreement_st" / "pseudo" / teacher / "masks" / Path(entry["label"]).name
+            assert not (agreed & ~(np.asarray(nib.load(mask).dataobj) > 0)).any()
+    assert json.loads((fold / "agreement_st" / "trained").read_text())["train_seconds"] > 0
 
 
 def test_dadr_experiment_with_the_task_aware_content_space(phantoms, tmp_path, monkeypatch):

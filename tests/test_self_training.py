@@ -1,11 +1,13 @@
 """Pseudo-label filters of self-training (bundle/self_training.py) on files with known content."""
 
+import json
+
 import nibabel as nib
 import numpy as np
 import pytest
 
 from bundle.errors import DataError
-from bundle.self_training import keep_pseudo_label, volume_stats
+from bundle.self_training import agreed_pseudo_labels, keep_pseudo_label, volume_stats
 
 
 def _write(path, array, zooms=(2.0, 2.0, 5.0)):
@@ -34,6 +36,36 @@ def test_pseudo_labels_are_kept_only_when_plausible_and_confident():
     assert not keep_pseudo_label({"liver_ml": 6000.0, "mean_entropy": 0.15})  # half the abdomen
     assert not keep_pseudo_label({"liver_ml": 1500.0, "mean_entropy": 0.5})   # the ensemble disagrees
     assert keep_pseudo_label({"liver_ml": 150.0, "mean_entropy": 0.5}, liver_ml=(100.0, 200.0), max_mean_entropy=0.6)
+
+
+def test_two_teachers_pass_on_only_the_voxels_both_mark(tmp_path):
+    """agreed_pseudo_labels: the intersection of the teachers' masks, its largest component, on the
+    image's grid; a volume one teacher's filters dropped, or whose agreement is no plausible liver, is not kept."""
+    a, b = np.zeros((30, 30, 10), np.uint8), np.zeros((30, 30, 10), np.uint8)
+    a[2:20, 2:20, 2:8] = 1
+    b[8:26, 8:26, 2:8] = 1  # overlap: [8:20, 8:20, 2:8], 864 voxels of 20 mm3 = 17.28 mL
+    a[25:28, 0:3, 0:2] = b[25:28, 0:3, 0:2] = 1  # both mark a small island: not the liver
+    small = np.zeros_like(a)
+    small[0:2, 0:2, 0:2] = 1
+    teachers = [[], []]
+    for case, (ma, mb) in {"p1": (a, b), "p2": (small, small)}.items():
+        for i, mask in enumerate((ma, mb)):
+            (tmp_path / f"t{i}").mkdir(exist_ok=True)
+            teachers[i].append({"image": f"/data/{case}.nii.gz", "subject": case, "label": str(_write(tmp_path / f"t{i}" / f"{case}.nii.gz", mask))})
+    teachers[0].append({"image": "/data/p3.nii.gz", "subject": "p3", "label": str(_write(tmp_path / "t0" / "p3.nii.gz", a))})  # teacher 1 dropped p3
+    kept = agreed_pseudo_labels(teachers, tmp_path / "agreed", liver_ml=(10.0, 100.0))
+    assert [e["subject"] for e in kept] == ["p1"]
+    agreed = nib.load(kept[0]["label"])
+    expected = np.zeros_like(a)
+    expected[8:20, 8:20, 2:8] = 1
+    assert np.array_equal(np.asarray(agreed.dataobj), expected) and np.array_equal(agreed.affine, nib.load(teachers[0][0]["label"]).affine)
+    report = {r["image"]: r for r in json.loads((tmp_path / "agreed" / "pseudo_labels.json").read_text())}
+    assert report["/data/p1.nii.gz"]["liver_ml"] == pytest.approx(17.3, abs=0.05) and report["/data/p1.nii.gz"]["kept"]
+    assert report["/data/p1.nii.gz"]["teachers_liver_ml"][0] == pytest.approx((18 * 18 * 6 + 3 * 3 * 2) * 0.02, abs=0.05)
+    assert not report["/data/p2.nii.gz"]["kept"] and "/data/p3.nii.gz" not in report
+    _write(tmp_path / "t1" / "p1.nii.gz", b[:, :, :5])
+    with pytest.raises(DataError, match="differ in shape"):
+        agreed_pseudo_labels(teachers, tmp_path / "bad", liver_ml=(10.0, 100.0))
 
 
 def test_self_train_script_pseudo_labels_the_target_and_trains_a_student(phantoms, tmp_path, monkeypatch):
