@@ -98,6 +98,17 @@ def test_self_train_script_pseudo_labels_the_target_and_trains_a_student(phantom
     assert all({"liver_ml", "mean_entropy", "kept"} <= set(r) for r in report)
     before, after = torch.load(teacher), torch.load(tmp_path / "student" / "model.pt")
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("unet."))
+    # two teachers (here the same one twice): each pseudo-labels on its own, the student learns where they agree
+    script.self_train(str(phantoms / "datalist.json"), f"{teacher},{teacher}", str(tmp_path / "pair"), seg_epochs=1, iterations_per_epoch=2, **sizes)
+    pair = json.loads((tmp_path / "pair" / "datalist.json").read_text())["target_pseudo"]
+    assert len(pair) == len(targets)
+    for entry in pair:
+        name = Path(entry["label"]).name
+        assert "pair/pseudo/masks" in entry["label"]
+        one = np.asarray(nib.load(tmp_path / "pair" / "pseudo" / "teacher_0" / "masks" / name).dataobj) > 0
+        assert np.array_equal(np.asarray(nib.load(entry["label"]).dataobj) > 0, one)
+        assert (tmp_path / "pair" / "pseudo" / "teacher_1" / "masks" / name).is_file()
+    assert (tmp_path / "pair" / "model.pt").is_file()
 
 
 def test_datalist_paths_are_absolute_when_the_datalist_is_named_relatively(phantoms, monkeypatch):
