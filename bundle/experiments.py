@@ -68,16 +68,18 @@ MODELS = {
 }
 MODELS["unet_ct_rand_st2"] = MODELS["unet_ct_rand_st"]  # a second round: the first round's student is its teacher
 MODELS["agreement_st"] = MODELS["unet_ct_rand_st"]  # taught where two teachers agree (bundle.self_training.agreed_pseudo_labels)
+MODELS["dadr_agreement_st"] = MODELS["dadr_rand_st"]  # DADR's content path, its MR pseudo-labelled where those two teachers agree
 # the paper's stage 1 (its eq. 1 and 3, lr 1e-4, no shared residual block), against our defaults in drl_train.yaml
 PAPER_STAGE1 = {"content_adv_weight": 0.0, "shared_res": 0, "learning_rate": 1e-4, "adversarial": "log"}
 TEACHERS = {"unet_ct_rand_st": ("unet_ct_rand",), "unet_ct_rand_st2": ("unet_ct_rand_st",), "dadr_rand_st": ("dadr_rand",),
-            "dacgan_st": ("dacgan",), "agreement_st": ("unet_ct_rand", "dacgan")}  # self-trained model -> the models whose masks it learns
+            "dacgan_st": ("dacgan",), "agreement_st": ("unet_ct_rand", "dacgan"), "dadr_agreement_st": ("unet_ct_rand", "dacgan")}  # self-trained model -> the models whose masks it learns
 EXPERIMENTS = {  # model -> the held-out modalities it is tested on
     "da": {"unet_ct": ("mr", "ct"), "dacgan": ("mr",), "dadr": ("mr",), "unet_mr": ("mr", "ct"), "joint": ("mr", "ct")},
     "multiphase": {"dacgan": ("mr",), "dadr": ("mr",)},
     "mr_bound": {"unet_mr": ("mr",)},
     "ct_only": {"unet_ct": ("ct", "mr"), "unet_ct_rand": ("ct", "mr")},
-    "dadr": {"dadr_rand": ("mr",), "dadr_rand_st": ("mr",), "dadr": ("mr",)},  # our default and its ablations
+    "dadr": {"dadr_rand": ("mr",), "dadr_rand_st": ("mr",), "dadr": ("mr",),  # our default and its ablations
+             "unet_ct_rand": ("mr",), "dacgan": ("mr",), "dadr_agreement_st": ("mr",)},  # and self-trained from stronger teachers
     "self_training": {"unet_ct_rand": ("mr",), "unet_ct_rand_st": ("mr",), "unet_ct_rand_st2": ("mr",),  # without adaptation, two rounds
                       "dacgan": ("mr",), "dacgan_st": ("mr",),  # and with the DACGAN baseline as the teacher
                       "agreement_st": ("mr",)},  # and with both teachers, where they agree

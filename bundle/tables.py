@@ -37,6 +37,9 @@ TABLES = [
         ("DADR (UNet on content-only CT)", "dadr", {"mr": "0.81 (0.03)"}),
         ("+ appearance randomisation", "dadr_rand", {"mr": "-"}),
         ("+ appearance randomisation + self-training", "dadr_rand_st", {"mr": "-"}),
+        ("CT trained, appearance randomisation (no content path; a teacher below)", "unet_ct_rand", {"mr": "-"}),
+        ("DACGAN (UNet on CT->MR; a teacher below)", "dacgan", {"mr": "0.72 (0.05)"}),
+        ("DADR + appearance randomisation + self-training where those two agree", "dadr_agreement_st", {"mr": "-"}),
     ]),
     ("Self-training on the unlabelled training MR, without adaptation and with DACGAN as the teacher (every fold's CT: all; MR folds)", "self_training", ("mr",), [
         ("CT trained, appearance randomisation", "unet_ct_rand", {"mr": "-"}),

@@ -227,7 +227,8 @@ def test_dadr_experiment_with_the_task_aware_content_space(phantoms, tmp_path, m
     monkeypatch.setattr(self_training, "MAX_MEAN_ENTROPY", float("inf"))
     out = tmp_path / "dadr"
     result = run_experiments(phantoms / "datalist.json", out, folds=2, size=64, dim=8, drl_iterations=4, seg_epochs=1,
-                             experiments="dadr", split_source=False, task_weight=1.0, amp="bfloat16", iterations_per_epoch=2)
+                             experiments="dadr", split_source=False, task_weight=1.0, amp="bfloat16", iterations_per_epoch=2,
+                             models="dadr,dadr_rand,dadr_rand_st")
     datalist = json.loads((phantoms / "datalist.json").read_text())
     mr_images = sorted(e["image"] for e in datalist["target_labelled"] + datalist["target_test"])
     assert {r["model"] for r in result["rows"]} == {"dadr", "dadr_rand", "dadr_rand_st"}
