@@ -194,28 +194,31 @@ def test_run_folds_trains_the_chosen_folds_and_tables_every_finished_one(phantom
         run_experiments(phantoms / "datalist.json", tmp_path / "other", run_folds=2, **settings)
 
 
-def test_agreement_student_learns_where_the_randomised_ct_unet_and_dacgan_agree(phantoms, tmp_path, monkeypatch):
-    """``--models unet_ct_rand,dacgan,agreement_st``: both teachers pseudo-label the fold's training MR,
-    the student's labels are inside each teacher's mask, and it trains on CT + those MR."""
+@pytest.mark.parametrize("experiment, student", [("self_training", "agreement_st"), ("dadr", "dadr_agreement_st")])
+def test_agreement_student_learns_where_the_randomised_ct_unet_and_dacgan_agree(phantoms, tmp_path, monkeypatch, experiment, student):
+    """``--models unet_ct_rand,dacgan,agreement_st`` (or DADR's ``dadr_agreement_st``, on a stage 1): both
+    teachers pseudo-label the fold's training MR, the student's labels are inside each teacher's mask, and
+    it trains on CT + those MR."""
     import bundle.self_training as self_training
     monkeypatch.setattr(self_training, "LIVER_ML", (0.0, float("inf")))  # 1-epoch teachers: keep every mask
     monkeypatch.setattr(self_training, "MAX_MEAN_ENTROPY", float("inf"))
     out = tmp_path / "agree"
-    result = run_experiments(phantoms / "datalist.json", out, folds=2, size=64, dim=8, cyclegan_iterations=4, seg_epochs=1,
-                             experiments="self_training", models="unet_ct_rand,dacgan,agreement_st", iterations_per_epoch=2,
-                             run_folds=0, figures=False)
-    assert {r["model"] for r in result["rows"]} == {"unet_ct_rand", "dacgan", "agreement_st"}
-    fold = out / "self_training" / "fold_0"
+    result = run_experiments(phantoms / "datalist.json", out, folds=2, size=64, dim=8, drl_iterations=4, cyclegan_iterations=4,
+                             seg_epochs=1, experiments=experiment, models=f"unet_ct_rand,dacgan,{student}", iterations_per_epoch=2,
+                             split_source=False, run_folds=0, figures=False)
+    assert {r["model"] for r in result["rows"]} == {"unet_ct_rand", "dacgan", student}
+    fold = out / experiment / "fold_0"
+    assert (fold / "drl" / "drl.pt").is_file() == (student == "dadr_agreement_st")  # DADR's student sees content-only images
     sections = json.loads((fold / "datalist.json").read_text())
-    pseudo = json.loads((fold / "agreement_st" / "datalist.json").read_text())["target_pseudo"]
+    pseudo = json.loads((fold / student / "datalist.json").read_text())["target_pseudo"]
     assert sorted(e["image"] for e in pseudo) == sorted(e["image"] for e in sections["target"])
     for entry in pseudo:
-        assert "agreement_st/pseudo/masks" in entry["label"]
+        assert f"{student}/pseudo/masks" in entry["label"]
         agreed = np.asarray(nib.load(entry["label"]).dataobj) > 0
         for teacher in ("teacher_0", "teacher_1"):
-            mask = fold / "agreement_st" / "pseudo" / teacher / "masks" / Path(entry["label"]).name
+            mask = fold / student / "pseudo" / teacher / "masks" / Path(entry["label"]).name
             assert not (agreed & ~(np.asarray(nib.load(mask).dataobj) > 0)).any()
-    assert json.loads((fold / "agreement_st" / "trained").read_text())["train_seconds"] > 0
+    assert json.loads((fold / student / "trained").read_text())["train_seconds"] > 0
 
 
 def test_dadr_experiment_with_the_task_aware_content_space(phantoms, tmp_path, monkeypatch):
