@@ -16,6 +16,11 @@ supervised MR upper bound in folds over the MR subjects only; and the CT-trained
 and with appearance randomisation, in folds over the CT subjects only (``ct_folds``), each
 fold's model tested on its held-out CT and on every MR image (no MR is used in their training).
 
+Experiments ``dadr`` and ``self_training`` (issue "DADR that adapts"): one stage 1 per fold, shared
+by DADR's stage-2 variants (content-only images, appearance randomisation, self-training, the
+diverse style transfer of the CT to MR), by the non-adaptive and DACGAN teachers and students, and
+by the supervised bounds on MR images and on content-only MR images (what stage 2 could reach).
+
 Every step goes through the bundle's configs (``bundle.pipeline``) and leaves its output in
 ``out/<experiment>/fold_<k>/``; a step whose output exists is not run again, and a finished
 fold (``results.json``) is not touched, so an interrupted run continues where it stopped.
@@ -55,6 +60,7 @@ MODELS = {
     "dacgan": ({"adaptation": "cyclegan", "train_section": "source", "train_modality": "ct"}, "none"),
     "dadr": ({"adaptation": "dadr", "train_section": "source", "train_modality": "ct"}, "dadr"),
     "unet_mr": ({"adaptation": "none", "train_section": "target_labelled", "train_modality": "mr"}, "none"),
+    "dadr_mr": ({"adaptation": "dadr", "train_section": "target_labelled", "train_modality": "mr"}, "dadr"),  # content path's ceiling
     "joint": ({"adaptation": "dadr", "train_section": "source", "train_modality": "ct", "joint": True}, "dadr"),
     "unet_ct_rand": ({"adaptation": "none", "train_section": "source", "train_modality": "ct", "appearance_randomisation": True}, "none"),
     "dadr_rand": ({"adaptation": "dadr", "train_section": "source", "train_modality": "ct", "appearance_randomisation": True}, "dadr"),
@@ -65,6 +71,10 @@ MODELS = {
                       "joint": True, "joint_section": PSEUDO_SECTION}, "dadr"),
     "dacgan_st": ({"adaptation": "cyclegan", "train_section": "source", "train_modality": "ct", "joint": True,
                    "joint_section": PSEUDO_SECTION}, "none"),  # CT translated to MR + the MR pseudo-labelled by dacgan
+    # DADR's diverse style transfer: CT translated to MR by stage 1 with random MR styles; MR segmented as it is
+    "dadr_style": ({"adaptation": "dadr_style", "train_section": "source", "train_modality": "ct"}, "none"),
+    "dadr_style_st": ({"adaptation": "dadr_style", "train_section": "source", "train_modality": "ct", "appearance_randomisation": True,
+                       "joint": True, "joint_section": PSEUDO_SECTION}, "none"),  # + the MR where it and unet_ct_rand agree
 }
 MODELS["unet_ct_rand_st2"] = MODELS["unet_ct_rand_st"]  # a second round: the first round's student is its teacher
 MODELS["agreement_st"] = MODELS["unet_ct_rand_st"]  # taught where two teachers agree (bundle.self_training.agreed_pseudo_labels)
@@ -72,14 +82,17 @@ MODELS["dadr_agreement_st"] = MODELS["dadr_rand_st"]  # DADR's content path, its
 # the paper's stage 1 (its eq. 1 and 3, lr 1e-4, no shared residual block), against our defaults in drl_train.yaml
 PAPER_STAGE1 = {"content_adv_weight": 0.0, "shared_res": 0, "learning_rate": 1e-4, "adversarial": "log"}
 TEACHERS = {"unet_ct_rand_st": ("unet_ct_rand",), "unet_ct_rand_st2": ("unet_ct_rand_st",), "dadr_rand_st": ("dadr_rand",),
-            "dacgan_st": ("dacgan",), "agreement_st": ("unet_ct_rand", "dacgan"), "dadr_agreement_st": ("unet_ct_rand", "dacgan")}  # self-trained model -> the models whose masks it learns
+            "dacgan_st": ("dacgan",), "agreement_st": ("unet_ct_rand", "dacgan"), "dadr_agreement_st": ("unet_ct_rand", "dacgan"),
+            "dadr_style_st": ("unet_ct_rand", "dadr_style")}  # self-trained model -> the models whose masks it learns
 EXPERIMENTS = {  # model -> the held-out modalities it is tested on
     "da": {"unet_ct": ("mr", "ct"), "dacgan": ("mr",), "dadr": ("mr",), "unet_mr": ("mr", "ct"), "joint": ("mr", "ct")},
     "multiphase": {"dacgan": ("mr",), "dadr": ("mr",)},
     "mr_bound": {"unet_mr": ("mr",)},
     "ct_only": {"unet_ct": ("ct", "mr"), "unet_ct_rand": ("ct", "mr")},
     "dadr": {"dadr_rand": ("mr",), "dadr_rand_st": ("mr",), "dadr": ("mr",),  # our default and its ablations
-             "unet_ct_rand": ("mr",), "dacgan": ("mr",), "dadr_agreement_st": ("mr",)},  # and self-trained from stronger teachers
+             "unet_ct_rand": ("mr",), "dacgan": ("mr",), "dadr_agreement_st": ("mr",),  # and self-trained from stronger teachers
+             "dadr_style": ("mr",), "dadr_style_st": ("mr",),  # DADR's diverse style transfer, alone and self-trained
+             "unet_mr": ("mr",), "dadr_mr": ("mr",)},  # supervised bounds: MR images, content-only MR images (stage 1's ceiling)
     "self_training": {"unet_ct_rand": ("mr",), "unet_ct_rand_st": ("mr",), "unet_ct_rand_st2": ("mr",),  # without adaptation, two rounds
                       "dacgan": ("mr",), "dacgan_st": ("mr",),  # and with the DACGAN baseline as the teacher
                       "agreement_st": ("mr",)},  # and with both teachers, where they agree
@@ -131,7 +144,7 @@ def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[d
     drl, cyclegan = fold_dir / "drl" / "drl.pt", fold_dir / "cyclegan" / "cyclegan.pt"
     adaptations = {MODELS[m][0]["adaptation"] for m in models}
     gan_sizes = {k: sizes[k] for k in ("image_size", "dim")}
-    if "dadr" in adaptations and not drl.is_file():
+    if adaptations & {"dadr", "dadr_style"} and not drl.is_file():
         run_stage1(fold_dir, drl.parent, settings["drl_iterations"], gan_sizes, resume=True, seed=settings["seed"],
                    amp=settings["amp"], **stage1)
     if "cyclegan" in adaptations and not cyclegan.is_file():
@@ -237,7 +250,8 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
             trains on all CT subjects and the folds split the MR only, for a small CT set;
             nothing is then tested on CT (table 2's CT columns stay empty).
         experiments: which to run, comma-separated: ``da`` (tables 1-2), ``mr_bound``, ``ct_only``,
-            ``dadr`` (DADR, with appearance randomisation, and self-trained: one stage 1 per fold), ``self_training``
+            ``dadr`` (DADR, with appearance randomisation, self-trained, its diverse style transfer and the
+            supervised bounds: one stage 1 per fold), ``self_training``
             (the CT-trained randomised UNet and DACGAN, each with its self-trained student; ``multiphase`` runs when
             ``multiphase_datalist`` is given).
         ct_folds: folds over the CT subjects for ``ct_only`` (default: ``folds``).

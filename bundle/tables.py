@@ -40,6 +40,10 @@ TABLES = [
         ("CT trained, appearance randomisation (no content path; a teacher below)", "unet_ct_rand", {"mr": "-"}),
         ("DACGAN (UNet on CT->MR; a teacher below)", "dacgan", {"mr": "0.72 (0.05)"}),
         ("DADR + appearance randomisation + self-training where those two agree", "dadr_agreement_st", {"mr": "-"}),
+        ("DADR diverse style transfer (UNet on CT->MR, random MR styles of stage 1; a teacher below)", "dadr_style", {"mr": "-"}),
+        ("+ appearance randomisation + self-training where it and the randomised CT UNet agree", "dadr_style_st", {"mr": "-"}),
+        ("supervised MR (upper bound; MR labels)", "unet_mr", {"mr": "0.869 (0.044)"}),
+        ("supervised content-only MR (the most stage 2 can get from this stage 1; MR labels)", "dadr_mr", {"mr": "-"}),
     ]),
     ("Self-training on the unlabelled training MR, without adaptation and with DACGAN as the teacher (every fold's CT: all; MR folds)", "self_training", ("mr",), [
         ("CT trained, appearance randomisation", "unet_ct_rand", {"mr": "-"}),

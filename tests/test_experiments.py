@@ -19,8 +19,8 @@ from bundle.experiments import EXPERIMENTS, run_experiments
 from bundle.folds import fold_datalist, subject_folds
 from bundle.tables import TABLES
 from bundle.losses import CycleGANLoss
-from bundle.networks import CycleGAN, LiverSegmenter, PatchDiscriminators, load_translator
-from bundle.pipeline import run_cyclegan
+from bundle.networks import CycleGAN, LiverSegmenter, PatchDiscriminators, load_style_transfer, load_translator
+from bundle.pipeline import run_cyclegan, run_stage1
 
 SIZES = {"image_size": 64, "dim": 8}
 
@@ -62,6 +62,30 @@ def test_cyclegan_bundle_run_and_dacgan_training_slices(phantoms, tmp_path):
         load_translator(weights, dim=16, n_res=2)
     with pytest.raises(DataError, match="missing.pt: does not exist"):
         load_translator(tmp_path / "missing.pt", dim=8, n_res=2)
+
+
+def test_dadr_style_transfer_translates_ct_slices_with_a_random_mr_style_each(phantoms, tmp_path):
+    """Stage 1's weights as stage 2's CT -> MR translator (--adaptation dadr_style): frozen, the
+    labels untouched, every slice its own sampled MR style; wrong weights are named errors."""
+    run_stage1(phantoms, tmp_path / "drl", 4, SIZES)
+    weights = tmp_path / "drl" / "drl.pt"
+    translator = load_style_transfer(weights, dim=8, shared_res=1, image_size=64)
+    assert not any(p.requires_grad for p in translator.parameters())
+    network = LiverSegmenter(64)
+    ct = read_datalist(phantoms / "datalist.json", "source")
+    plain, translated = AdaptedSlices(ct, network), AdaptedSlices(ct, network, translator=translator.train())
+    assert not translator.training and torch.equal(plain.labels, translated.labels)
+    assert translated.images.shape == plain.images.shape and not torch.allclose(translated.images, plain.images, atol=0.1)
+    one = plain.images[:1].expand(4, -1, -1, -1)
+    styled = translator(one)
+    assert torch.equal(translator.drl.content_encoders["ct"](one)[0], translator.drl.content_encoders["ct"](one)[3])  # one content
+    assert (styled[0] - styled[1:]).abs().amax() > 1e-3  # four styles
+    with pytest.raises(DataError, match="drl.pt: does not fit.*trained for image_size 64"):
+        load_style_transfer(weights, dim=8, shared_res=1, image_size=128)
+    with pytest.raises(DataError, match="drl.pt: does not fit"):
+        load_style_transfer(weights, dim=16, shared_res=1, image_size=64)
+    with pytest.raises(DataError, match="missing.pt: does not exist"):
+        load_style_transfer(tmp_path / "missing.pt", dim=8, image_size=64)
 
 
 def test_subject_folds_are_disjoint_and_keep_a_subjects_images_together():
@@ -194,21 +218,24 @@ def test_run_folds_trains_the_chosen_folds_and_tables_every_finished_one(phantom
         run_experiments(phantoms / "datalist.json", tmp_path / "other", run_folds=2, **settings)
 
 
-@pytest.mark.parametrize("experiment, student", [("self_training", "agreement_st"), ("dadr", "dadr_agreement_st")])
-def test_agreement_student_learns_where_the_randomised_ct_unet_and_dacgan_agree(phantoms, tmp_path, monkeypatch, experiment, student):
-    """``--models unet_ct_rand,dacgan,agreement_st`` (or DADR's ``dadr_agreement_st``, on a stage 1): both
-    teachers pseudo-label the fold's training MR, the student's labels are inside each teacher's mask, and
-    it trains on CT + those MR."""
+@pytest.mark.parametrize("experiment, teacher, student", [("self_training", "dacgan", "agreement_st"), ("dadr", "dacgan", "dadr_agreement_st"),
+                                                         ("dadr", "dadr_style", "dadr_style_st")])
+def test_agreement_student_learns_where_two_teachers_agree(phantoms, tmp_path, monkeypatch, experiment, teacher, student):
+    """``--models unet_ct_rand,dacgan,agreement_st`` (or DADR's ``dadr_agreement_st``, on a stage 1, or
+    ``dadr_style_st``, taught by the randomised CT UNet and DADR's style transfer): both teachers
+    pseudo-label the fold's training MR, the student's labels are inside each teacher's mask, and it
+    trains on CT + those MR."""
     import bundle.self_training as self_training
     monkeypatch.setattr(self_training, "LIVER_ML", (0.0, float("inf")))  # 1-epoch teachers: keep every mask
     monkeypatch.setattr(self_training, "MAX_MEAN_ENTROPY", float("inf"))
     out = tmp_path / "agree"
     result = run_experiments(phantoms / "datalist.json", out, folds=2, size=64, dim=8, drl_iterations=4, cyclegan_iterations=4,
-                             seg_epochs=1, experiments=experiment, models=f"unet_ct_rand,dacgan,{student}", iterations_per_epoch=2,
+                             seg_epochs=1, experiments=experiment, models=f"unet_ct_rand,{teacher},{student}", iterations_per_epoch=2,
                              split_source=False, run_folds=0, figures=False)
-    assert {r["model"] for r in result["rows"]} == {"unet_ct_rand", "dacgan", student}
+    assert {r["model"] for r in result["rows"]} == {"unet_ct_rand", teacher, student}
     fold = out / experiment / "fold_0"
-    assert (fold / "drl" / "drl.pt").is_file() == (student == "dadr_agreement_st")  # DADR's student sees content-only images
+    assert (fold / "drl" / "drl.pt").is_file() == (experiment == "dadr")  # content-only images or DADR's translations need a stage 1
+    assert (fold / "cyclegan" / "cyclegan.pt").is_file() == (teacher == "dacgan")
     sections = json.loads((fold / "datalist.json").read_text())
     pseudo = json.loads((fold / student / "datalist.json").read_text())["target_pseudo"]
     assert sorted(e["image"] for e in pseudo) == sorted(e["image"] for e in sections["target"])
@@ -224,18 +251,19 @@ def test_agreement_student_learns_where_the_randomised_ct_unet_and_dacgan_agree(
 def test_dadr_experiment_with_the_task_aware_content_space(phantoms, tmp_path, monkeypatch):
     """``--experiments dadr --task_weight 1 --split_source False``: every CT subject trains stage 1
     with its labels (the segmenter is in drl.pt), each MR image is tested once by DADR, DADR with
-    appearance randomisation and its self-trained student, all on the same stage 1."""
+    appearance randomisation, its self-trained student and the supervised content-only MR bound,
+    all on the same stage 1."""
     import bundle.self_training as self_training
     monkeypatch.setattr(self_training, "LIVER_ML", (0.0, float("inf")))  # a 1-epoch teacher's masks: keep them all
     monkeypatch.setattr(self_training, "MAX_MEAN_ENTROPY", float("inf"))
     out = tmp_path / "dadr"
     result = run_experiments(phantoms / "datalist.json", out, folds=2, size=64, dim=8, drl_iterations=4, seg_epochs=1,
                              experiments="dadr", split_source=False, task_weight=1.0, amp="bfloat16", iterations_per_epoch=2,
-                             models="dadr,dadr_rand,dadr_rand_st")
+                             models="dadr,dadr_rand,dadr_rand_st,dadr_mr")
     datalist = json.loads((phantoms / "datalist.json").read_text())
     mr_images = sorted(e["image"] for e in datalist["target_labelled"] + datalist["target_test"])
-    assert {r["model"] for r in result["rows"]} == {"dadr", "dadr_rand", "dadr_rand_st"}
-    for model in ("dadr", "dadr_rand", "dadr_rand_st"):
+    assert {r["model"] for r in result["rows"]} == {"dadr", "dadr_rand", "dadr_rand_st", "dadr_mr"}
+    for model in ("dadr", "dadr_rand", "dadr_rand_st", "dadr_mr"):
         tested = sorted(r["image"].split("/")[-1] for r in result["rows"] if r["model"] == model)
         assert tested == sorted(i.split("/")[-1] for i in mr_images)
     for fold in (0, 1):
@@ -253,6 +281,8 @@ def test_dadr_experiment_with_the_task_aware_content_space(phantoms, tmp_path, m
         model = torch.load(out / "dadr" / f"fold_{fold}" / "dadr" / "model.pt")  # stage 2 took the content path alone
         assert not any("task_segmenter" in k for k in model)
         assert all(torch.equal(model[f"content_path.{k}"], v) for k, v in drl.items() if k.startswith("content_encoders.mr."))
+        bound = torch.load(out / "dadr" / f"fold_{fold}" / "dadr_mr" / "model.pt")  # trained on content-only MR: the same frozen path
+        assert all(torch.equal(bound[f"content_path.{k}"], v) for k, v in drl.items() if k.startswith("content_encoders.mr."))
     assert "DADR alone" in (out / "results.md").read_text()
     log = [json.loads(line) for line in (out / "dadr" / "fold_0" / "drl" / "validation.jsonl").read_text().splitlines()]
     assert log  # stage 1 validated

@@ -1,5 +1,6 @@
-"""Networks of the DRLModule (paper Fig. 2), the inference network built from it (content-only image -> UNet)
-and the DACGAN baseline's CycleGAN."""
+"""Networks of the DRLModule (paper Fig. 2), the inference network built from it (content-only image -> UNet),
+the DACGAN baseline's CycleGAN and
+DADR's diverse style transfer of the labelled CT to MR."""
 
 from bundle.networks.adain import AdaINResBlock, AdaptiveInstanceNorm
 from bundle.networks.cyclegan import CycleGAN, PatchDiscriminators, ResnetGenerator, load_translator
@@ -9,11 +10,12 @@ from bundle.networks.encoders import ContentEncoder, StyleEncoder
 from bundle.networks.generator import Generator
 from bundle.networks.content_only import ContentOnly
 from bundle.networks.segmenter import LiverSegmenter, load_drl_weights, load_model
+from bundle.networks.style_transfer import DiverseStyleTransfer, load_style_transfer
 from bundle.networks.trained_for import TrainedFor
 
 __all__ = [
     "AdaINResBlock", "AdaptiveInstanceNorm", "ContentEncoder", "StyleEncoder", "Generator",
     "MultiScaleDiscriminator", "ContentDiscriminator", "DomainDiscriminators", "DRLModule",
     "ContentOnly", "LiverSegmenter", "load_drl_weights", "load_model", "TrainedFor",
-    "ResnetGenerator", "CycleGAN", "PatchDiscriminators", "load_translator",
+    "ResnetGenerator", "CycleGAN", "PatchDiscriminators", "load_translator", "DiverseStyleTransfer", "load_style_transfer",
 ]
