@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,6 +88,12 @@ def test_dadr_style_transfer_translates_ct_slices_with_a_random_mr_style_each(ph
         load_style_transfer(weights, dim=16, shared_res=1, image_size=64)
     with pytest.raises(DataError, match="missing.pt: does not exist"):
         load_style_transfer(tmp_path / "missing.pt", dim=8, image_size=64)
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.yaml", "--dataset_dir", str(phantoms),
+               "--output_dir", str(tmp_path / "seg"), "--drl_path", str(weights), "--adaptation", "dadr_styl", "--max_epochs", "1"]
+    result = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(
+        "error: --adaptation: must be one of none, dadr, cyclegan, dadr_style, got 'dadr_styl'"), result.stderr[-1000:]
+    assert not (tmp_path / "seg" / "model.pt").exists()  # a typo trains nothing, rather than a model without adaptation
 
 
 def test_subject_folds_are_disjoint_and_keep_a_subjects_images_together():

@@ -146,8 +146,8 @@ def test_stage2_training_writes_a_model_the_inference_config_loads(phantoms, wei
 
 def run_inference(dataset_dir, output_dir, model, *extra):
     args = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.yaml",
-            "--dataset_dir", str(dataset_dir), "--output_dir", str(output_dir), "--model_path", str(model), *extra]
-    args += [a for k, v in SIZES.items() for a in (f"--{k}", str(v))]
+            "--dataset_dir", str(dataset_dir), "--output_dir", str(output_dir), "--model_path", str(model)]
+    args += [a for k, v in SIZES.items() for a in (f"--{k}", str(v))] + list(extra)  # extra last: the last of a repeated option counts
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
@@ -306,7 +306,8 @@ def test_inference_cli_ends_bad_input_with_one_line_and_exit_code_2(phantoms, we
     log = last.rsplit("(traceback: ", 1)[1].rstrip(")")
     assert "Traceback" in open(log).read()
     for extra, problem in ((["--device", "cuda:0"], "error: --device: cuda:0 was asked for, but CUDA is not available"),
-                           (["--amp", "float16"], "error: --amp: must be one of None, bfloat16, got 'float16'")):
+                           (["--amp", "float16"], "error: --amp: must be one of None, bfloat16, got 'float16'"),
+                           (["--adaptation", "cyclegan"], "error: --adaptation: must be one of none, dadr, got 'cyclegan'")):
         if extra[0] == "--device" and torch.cuda.is_available():
             continue
         result = run_inference(inputs, tmp_path / "out3", weights / "model.pt", *extra)
