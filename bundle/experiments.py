@@ -84,6 +84,7 @@ PAPER_STAGE1 = {"content_adv_weight": 0.0, "shared_res": 0, "learning_rate": 1e-
 TEACHERS = {"unet_ct_rand_st": ("unet_ct_rand",), "unet_ct_rand_st2": ("unet_ct_rand_st",), "dadr_rand_st": ("dadr_rand",),
             "dacgan_st": ("dacgan",), "agreement_st": ("unet_ct_rand", "dacgan"), "dadr_agreement_st": ("unet_ct_rand", "dacgan"),
             "dadr_style_st": ("unet_ct_rand", "dadr_style")}  # self-trained model -> the models whose masks it learns
+STAGE1_TEACHERS = ("unet_ct_rand", "dacgan")  # --stage1_pseudo_labels: whose agreed masks of the MR stage 1's task term learns
 EXPERIMENTS = {  # model -> the held-out modalities it is tested on
     "da": {"unet_ct": ("mr", "ct"), "dacgan": ("mr",), "dadr": ("mr",), "unet_mr": ("mr", "ct"), "joint": ("mr", "ct")},
     "multiphase": {"dacgan": ("mr",), "dadr": ("mr",)},
@@ -144,14 +145,12 @@ def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[d
     drl, cyclegan = fold_dir / "drl" / "drl.pt", fold_dir / "cyclegan" / "cyclegan.pt"
     adaptations = {MODELS[m][0]["adaptation"] for m in models}
     gan_sizes = {k: sizes[k] for k in ("image_size", "dim")}
-    if adaptations & {"dadr", "dadr_style"} and not drl.is_file():
-        run_stage1(fold_dir, drl.parent, settings["drl_iterations"], gan_sizes, resume=True, seed=settings["seed"],
-                   amp=settings["amp"], **stage1)
-    if "cyclegan" in adaptations and not cyclegan.is_file():
+    pseudo_stage1 = settings["stage1_pseudo_labels"] and bool(adaptations & {"dadr", "dadr_style"}) and not drl.is_file()
+    if ("cyclegan" in adaptations or pseudo_stage1) and not cyclegan.is_file():
         run_cyclegan(fold_dir, cyclegan.parent, settings["cyclegan_iterations"], gan_sizes, resume=True, seed=settings["seed"], amp=settings["amp"])
-    rows = []
-    for model, tests in models.items():
-        adaptation = MODELS[model][1]
+
+    def train(model: str) -> dict:
+        """Stage 2 of ``model`` unless it finished before; returns its train.yaml overrides."""
         model_dir = fold_dir / model
         overrides = _stage2_overrides(model, settings, sections)
         if not _trained(model_dir):
@@ -161,8 +160,22 @@ def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[d
             run_stage2(fold_dir, model_dir, drl, settings["seg_epochs"], sizes, cyclegan_path=str(cyclegan), seed=settings["seed"],
                        **overrides)
             _write_json(model_dir / "trained", {"train_seconds": round(time.perf_counter() - start, 1)})
-        model_path = _model_path(model_dir, overrides)
-        train_seconds = _train_seconds(model_dir)
+        return overrides
+
+    if pseudo_stage1:  # the teachers first: their agreed masks of the training MR enter stage 1's task term
+        for teacher in STAGE1_TEACHERS:
+            train(teacher)
+        stage1 |= {"datalist": str(_pseudo_datalist(fold_dir, drl.parent, STAGE1_TEACHERS, sections, sizes, settings)),
+                   "target_pseudo_labels": True}
+    if adaptations & {"dadr", "dadr_style"} and not drl.is_file():
+        run_stage1(fold_dir, drl.parent, settings["drl_iterations"], gan_sizes, resume=True, seed=settings["seed"],
+                   amp=settings["amp"], **stage1)
+    rows = []
+    for model, tests in models.items():
+        adaptation = MODELS[model][1]
+        overrides = train(model)
+        model_path = _model_path(fold_dir / model, overrides)
+        train_seconds = _train_seconds(fold_dir / model)
         for test in tests:
             if not sections.get(TEST_SECTIONS[test]):
                 continue  # nothing of this modality held out (every CT subject trains when the CT is not split)
@@ -195,7 +208,7 @@ def _train_seconds(model_dir: Path) -> float | None:
         return None
 
 
-ADDED_SETTINGS = {"task_weight": 0.0, "models": None, "paper_stage1": False, "pseudo_repeat": 1}  # settings newer than some recorded runs, at the value those runs used
+ADDED_SETTINGS = {"task_weight": 0.0, "models": None, "paper_stage1": False, "pseudo_repeat": 1, "stage1_pseudo_labels": False}  # settings newer than some recorded runs, at the value those runs used
 
 
 def _names(text: str | list[str]) -> list[str]:
@@ -228,7 +241,8 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
                     split_source: bool = True, experiments: str | list[str] = "da", ct_folds: int | None = None, val_subjects: int = 0,
                     amp: str | None = None, iterations_per_epoch: int | None = None, unet_channels: list[int] | None = None,
                     context_slices: int = 0, organs: bool = False, task_weight: float = 0.0, models: str | list[str] | None = None,
-                    paper_stage1: bool = False, pseudo_repeat: int = 1, run_folds: str | list[int] | None = None) -> dict:
+                    paper_stage1: bool = False, pseudo_repeat: int = 1, run_folds: str | list[int] | None = None,
+                    stage1_pseudo_labels: bool = False) -> dict:
     """Run the experiments under ``out``; writes ``results.csv``, ``results.json`` and ``results.md``.
 
     Args:
@@ -273,6 +287,9 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
         run_folds: train only these folds (comma-separated indices from 0, e.g. ``1``), one job per fold on
             a cluster or across sessions; the other folds enter the tables where an earlier run in ``out``
             finished them, and ``results.md`` names the folds it holds. ``None``: every fold.
+        stage1_pseudo_labels: stage 1's task term also on the fold's training MR, against the masks where
+            ``STAGE1_TEACHERS`` (trained first, without MR labels) agree (drl_train.yaml ``target_pseudo_labels``);
+            needs ``task_weight`` > 0.
     """
     out = Path(out)
     figures, split_source, organs = flag(figures, "figures"), flag(split_source, "split_source"), flag(organs, "organs")
@@ -292,9 +309,11 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
                 "iterations_per_epoch": iterations_per_epoch, "unet_channels": list(unet_channels or [16, 32, 64, 128, 256]),
                 "context_slices": context_slices, "organs": organs, "task_weight": task_weight,
                 "models": None if models is None else _names(models), "paper_stage1": flag(paper_stage1, "paper_stage1"),
-                "pseudo_repeat": int(pseudo_repeat)}
+                "pseudo_repeat": int(pseudo_repeat), "stage1_pseudo_labels": flag(stage1_pseudo_labels, "stage1_pseudo_labels")}
     if settings["paper_stage1"] and task_weight:
         raise ValueError("--paper_stage1 True is the paper's stage 1: it has no task-aware term (--task_weight 0)")
+    if settings["stage1_pseudo_labels"] and not task_weight:
+        raise ValueError("--stage1_pseudo_labels True puts the MR in stage 1's task term: it needs --task_weight > 0")
     if settings["models"] is not None:
         known = {m for e in names for m in EXPERIMENTS[e]}
         if unknown := [m for m in settings["models"] if m not in known]:

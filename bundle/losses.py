@@ -83,7 +83,8 @@ class DRLLoss(nn.Module):
         beta: weight of the adversarial term (10).
         gamma: weight of the latent reconstruction (0.1).
         delta: weight of the content adversarial term (0: the paper's objective).
-        task_weight: weight of the task term, played when the DRLModule has a ``task_segmenter``.
+        task_weight: weight of the task term, played when the DRLModule has a ``task_segmenter``
+            (and of its MR part ``task_mr``, when the MR slices come with pseudo-labels).
         task_loss: the task term (default: Dice + cross-entropy over the batch, softmax logits,
             class-id labels).
     """
@@ -96,9 +97,11 @@ class DRLLoss(nn.Module):
 
     def forward(self, out: dict[str, torch.Tensor], x_ct: torch.Tensor, x_mr: torch.Tensor,
                 style_ct: torch.Tensor, style_mr: torch.Tensor, adversarial: torch.Tensor,
-                content_adversarial: torch.Tensor | None = None, label_ct: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                content_adversarial: torch.Tensor | None = None, label_ct: torch.Tensor | None = None,
+                label_mr: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Returns every term and ``total``; ``style_*`` are the random styles used to translate;
-        ``label_ct``: the CT slices' labels, needed when ``out`` has ``task_logits``."""
+        ``label_ct``: the CT slices' labels, needed when ``out`` has ``task_logits``; ``label_mr``:
+        the MR slices' pseudo-labels, needed when it has ``task_logits_mr``."""
         terms = {
             "recon_ct": recon_loss(out["recon_ct"], x_ct),
             "recon_mr": recon_loss(out["recon_mr"], x_mr),
@@ -117,6 +120,11 @@ class DRLLoss(nn.Module):
                                  "give the training slices their labels (UnpairedSlices source_label)")
             terms["task"] = self.task_loss(out["task_logits"].float(), torch.cat([label_ct, label_ct]))
             terms["total"] = terms["total"] + self.task_weight * terms["task"]
+        if "task_logits_mr" in out:
+            if label_mr is None:
+                raise ValueError("the DRLModule segments the MR slices but they have no pseudo-labels (UnpairedSlices target_label)")
+            terms["task_mr"] = self.task_loss(out["task_logits_mr"].float(), label_mr)
+            terms["total"] = terms["total"] + self.task_weight * terms["task_mr"]
         return terms
 
 

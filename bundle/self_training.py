@@ -24,6 +24,7 @@ import torch
 from monai.transforms.utils import get_largest_connected_component_mask
 
 from bundle.atomic import atomic_outputs
+from bundle.data.datalist import PSEUDO_SECTION
 from bundle.data.readers import case_name
 from bundle.errors import DataError
 from bundle.pipeline import CONFIGS, run_bundle
@@ -32,7 +33,6 @@ __all__ = ["PSEUDO_SECTION", "volume_stats", "keep_pseudo_label", "pseudo_label"
 
 logger = logging.getLogger(__name__)
 
-PSEUDO_SECTION = "target_pseudo"  # the datalist section of pseudo-labelled MR, read by train.yaml's joint_section
 LIVER_ML = (600.0, 4000.0)        # plausible adult liver volumes (mL); CHAOS and SABS livers lie in 1000-3000
 MAX_MEAN_ENTROPY = 0.25           # nats; the mean over the mask of the ensemble's per-voxel entropy (ln 2 = 0.69 is a coin)
 

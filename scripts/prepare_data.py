@@ -3,12 +3,12 @@
     python scripts/prepare_data.py case --image IMG --mask MASK --out DIR --name NAME [--liver_label K] [--organs right_kidney=2,left_kidney=3,spleen=4]
     python scripts/prepare_data.py chaos --root ROOT --out DIR
     python scripts/prepare_data.py datalist --source DIR[,DIR...] --target DIR [--target_test DIR] --out FILE
-    python scripts/prepare_data.py slice_cache --datalist FILE --out FILE.pt.xz [--image_size 128]
+    python scripts/prepare_data.py slice_cache --datalist FILE --out FILE.pt.xz [--image_size 128] [--mr_pseudo_labels True]
 """
 
 import json
 
-from bundle.cli import run_cli
+from bundle.cli import flag, run_cli
 from bundle.data import prepare, slices
 
 
@@ -31,10 +31,11 @@ class PrepareData:
         print(f"{out}: " + ", ".join(f"{k}={len(v)}" for k, v in datalist.items()))
 
 
-    def slice_cache(self, datalist: str, out: str, image_size: int = 128, num_workers: int = 2) -> None:
+    def slice_cache(self, datalist: str, out: str, image_size: int = 128, num_workers: int = 2, mr_pseudo_labels: bool = False) -> None:
         """Stage 1's CT (with labels) and MR slices of DATALIST in one file, for a machine that trains
-        stage 1 without the volumes or SimpleITK (drl_train.yaml --slice_cache FILE)."""
-        counts = slices.save_slice_cache(datalist, out, image_size, num_workers)
+        stage 1 without the volumes or SimpleITK (drl_train.yaml --slice_cache FILE); --mr_pseudo_labels True:
+        the MR of a self-training datalist's pseudo-labelled section, with their labels (--target_pseudo_labels True)."""
+        counts = slices.save_slice_cache(datalist, out, image_size, num_workers, mr_pseudo_labels=flag(mr_pseudo_labels, "mr_pseudo_labels"))
         print(f"{out}: " + ", ".join(f"{m}={n} slices" for m, n in counts.items()))
 
 

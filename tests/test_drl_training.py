@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,6 +77,37 @@ def run_bundle(tmp_path, run: str, iterations: int, *extra: str) -> subprocess.C
     return result
 
 
+def test_slice_cache_holds_the_slices_stage1_reads_and_mr_pseudo_labels_on_request(phantoms, tmp_path):
+    """A slice cache gives load_slices' slices (8-bit images, exact labels), a fold's MR subjects,
+    and MR labels only when made from a pseudo-labelled section; stage 1 trains its MR task term from it."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from bundle.data.slices import load_slice_cache, save_slice_cache
+    from bundle.errors import DataError
+
+    datalist = json.loads((phantoms / "datalist.json").read_text())
+    absolute = {k: [{**e, **{f: str(phantoms / e[f]) for f in ("image", "label") if f in e}} for e in v] for k, v in datalist.items()}
+    pseudo = tmp_path / "pseudo.json"
+    pseudo.write_text(json.dumps(absolute | {"target_pseudo": absolute["target_labelled"]}))  # stand-ins for pseudo-labels
+    plain, labelled = tmp_path / "plain.pt.xz", tmp_path / "pseudo.pt.xz"
+    save_slice_cache(pseudo, plain, 64)
+    save_slice_cache(pseudo, labelled, 64, mr_pseudo_labels=True)
+    ct, cached_ct = load_slices(pseudo, "source", "ct", 64, with_label=True), load_slice_cache(plain, "ct", with_label=True)
+    assert torch.allclose(ct["image"], cached_ct["image"], atol=0.5 / 127.5 + 1e-6) and torch.equal(ct["label"], cached_ct["label"])
+    assert load_slice_cache(plain, "mr")["image"].shape == load_slices(pseudo, "target", "mr", 64)["image"].shape
+    with pytest.raises(DataError, match="has no MR labels"):
+        load_slice_cache(plain, "mr", with_label=True)
+    mr = load_slices(pseudo, "target_pseudo", "mr", 64, with_label=True)
+    assert torch.equal(load_slice_cache(labelled, "mr", with_label=True)["label"], mr["label"])
+    first = absolute["target_labelled"][0].get("subject") or Path(absolute["target_labelled"][0]["image"]).name
+    assert len(load_slice_cache(labelled, "mr", subjects=[first])["image"]) == int((mr["subject"] == 0).sum())
+    with pytest.raises(DataError, match="has no subject 'nobody'"):
+        load_slice_cache(labelled, "mr", subjects=["nobody"])
+    run_bundle(tmp_path, "cached", 2, "--slice_cache", str(labelled), "--task_weight", "1.0", "--target_pseudo_labels", "True")
+    tags = [t for f in (tmp_path / "cached/tensorboard").glob("events.out.tfevents.*") for t in EventAccumulator(str(f)).Reload().Tags()["scalars"]]
+    assert any(tag.endswith("task_mr") for tag in tags), tags
+
+
 def test_bundle_run_checkpoints_and_resumes_exactly(tmp_path):
     """20 iterations in one go equal 10 iterations, a stop, and a resumed run to 20."""
     run_bundle(tmp_path, "straight", 20)
@@ -130,4 +162,39 @@ def test_task_aware_content_space_trains_both_content_encoders_through_the_ct_la
     assert all(p.grad is None or not p.grad.any() for p in network.style_encoders.parameters())  # the style path plays no part
     with pytest.raises(ValueError, match="no labels"):
         paper(out, x_ct, x_mr, *styles, adv)
+
+
+def test_pseudo_labelled_mr_slices_enter_the_task_term_through_the_mr_content_path(phantoms):
+    """``segment_mr``: the segmenter also sees the content-only MR slices (the CT logits unchanged),
+    ``task_mr`` joins the total at ``task_weight``, and its gradient reaches the MR content encoder
+    and the segmenter but not the CT encoder; without pseudo-labels or a segmenter it refuses."""
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(0)
+    ct = load_slices(phantoms / "datalist.json", "source", "ct", 64, with_label=True)
+    mr = load_slices(phantoms / "datalist.json", "target_labelled", "mr", 64, with_label=True)  # stand-ins for pseudo-labels
+    item = UnpairedSlices(ct["image"], mr["image"], 4, source_label=ct["label"], target_label=mr["label"])[0]
+    assert item["mr_label"].shape == (1, 64, 64)
+    with pytest.raises(ValueError, match="2 MR pseudo-labels for"):
+        UnpairedSlices(ct["image"], mr["image"], 4, target_label=mr["label"][:2])
+    segmenter = UNet(2, 1, 2, channels=(8, 16), strides=(2,))
+    network = DRLModule(dim=8, n_res=2, mlp_dim=32, task_segmenter=segmenter)
+    x_ct, label_ct = ct["image"][10:12], ct["label"][10:12]
+    x_mr, label_mr = mr["image"][5:7], mr["label"][5:7]
+    styles = torch.randn(2, 8), torch.randn(2, 8)
+    out = network(x_ct, x_mr, *styles, segment_mr=True)
+    assert out["task_logits_mr"].shape == (2, 2, 64, 64)
+    assert torch.allclose(out["task_logits"], network(x_ct, x_mr, *styles)["task_logits"], atol=1e-5)
+    adv = torch.tensor(0.0)
+    terms = DRLLoss(task_weight=2.0)(out, x_ct, x_mr, *styles, adv, label_ct=label_ct, label_mr=label_mr)
+    paper = DRLLoss(task_weight=0.0)(out, x_ct, x_mr, *styles, adv, label_ct=label_ct, label_mr=label_mr)
+    assert torch.isclose(terms["total"] - paper["total"], 2.0 * (terms["task"] + terms["task_mr"]))
+    terms["task_mr"].backward()
+    for module in (network.content_encoders["mr"], segmenter):
+        assert sum(p.grad.abs().sum() for p in module.parameters() if p.grad is not None) > 0
+    assert all(p.grad is None or not p.grad.any() for p in network.content_encoders["ct"].parameters())
+    with pytest.raises(ValueError, match="no pseudo-labels"):
+        DRLLoss(task_weight=1.0)(out, x_ct, x_mr, *styles, adv, label_ct=label_ct)
+    with pytest.raises(ValueError, match="needs a task segmenter"):
+        DRLModule(dim=8, n_res=2, mlp_dim=32)(x_ct, x_mr, *styles, segment_mr=True)
 

@@ -297,6 +297,33 @@ def test_dadr_experiment_with_the_task_aware_content_space(phantoms, tmp_path, m
     assert log  # stage 1 validated
 
 
+def test_stage1_learns_the_mr_where_the_teachers_agree(phantoms, tmp_path, monkeypatch):
+    """``--stage1_pseudo_labels True``: the two teachers train first, their agreed masks of the fold's
+    training MR (never a test image) are stage 1's MR pseudo-labels, and stage 1 logs the MR task term."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import bundle.self_training as self_training
+    monkeypatch.setattr(self_training, "LIVER_ML", (0.0, float("inf")))  # 1-epoch teachers: keep every mask
+    monkeypatch.setattr(self_training, "MAX_MEAN_ENTROPY", float("inf"))
+    out = tmp_path / "pseudo_stage1"
+    settings = dict(folds=2, size=64, dim=8, drl_iterations=4, cyclegan_iterations=4, seg_epochs=1, experiments="dadr",
+                    split_source=False, iterations_per_epoch=2, run_folds=0, figures=False)
+    with pytest.raises(ValueError, match="needs --task_weight > 0"):
+        run_experiments(phantoms / "datalist.json", out, models="dadr", stage1_pseudo_labels=True, **settings)
+    result = run_experiments(phantoms / "datalist.json", out, models="dadr", stage1_pseudo_labels=True, task_weight=1.0, **settings)
+    assert {r["model"] for r in result["rows"]} == {"dadr"}
+    fold = out / "dadr" / "fold_0"
+    sections = json.loads((fold / "datalist.json").read_text())
+    pseudo = json.loads((fold / "drl" / "datalist.json").read_text())["target_pseudo"]
+    assert sorted(e["image"] for e in pseudo) == sorted(e["image"] for e in sections["target"])
+    assert not {e["image"] for e in pseudo} & {e["image"] for e in sections["target_test"]}
+    assert all("drl/pseudo/masks" in e["label"] for e in pseudo)
+    for teacher in ("unet_ct_rand", "dacgan"):
+        assert (fold / teacher / "trained").stat().st_mtime < (fold / "drl" / "drl.pt").stat().st_mtime
+    tags = [t for f in (fold / "drl" / "tensorboard").glob("events.out.tfevents.*") for t in EventAccumulator(str(f)).Reload().Tags()["scalars"]]
+    assert any(tag.endswith("task_mr") for tag in tags), tags
+
+
 def test_experiments_script_names_a_bad_datalist(tmp_path):
     bad = tmp_path / "datalist.json"
     bad.write_text(json.dumps({"source": [{"image": "ct.nii.gz", "label": "ct_liver.nii.gz"}], "target": [{"image": "mr.nii.gz"}]}))

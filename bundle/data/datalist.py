@@ -14,7 +14,9 @@ import torch
 from bundle.data.phantoms import make_phantoms
 from bundle.errors import DataError
 
-__all__ = ["read_datalist", "ensure_datalist"]
+__all__ = ["PSEUDO_SECTION", "read_datalist", "ensure_datalist"]
+
+PSEUDO_SECTION = "target_pseudo"  # pseudo-labelled MR (bundle/self_training.py): stage 2's joint_section, stage 1's target_pseudo_labels
 
 
 def read_datalist(path: str | Path, section: str) -> list[dict]:

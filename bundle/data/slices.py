@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from bundle.atomic import atomic_outputs
-from bundle.data.datalist import read_datalist
+from bundle.data.datalist import PSEUDO_SECTION, read_datalist
 from bundle.data.intensity import CT_WINDOW, MR_PERCENTILES
 from bundle.data.preprocess import volume_transform
 from bundle.errors import DataError, unwrap_data_error
@@ -98,8 +98,11 @@ def load_slices(datalist: str | Path, section: str, modality: str, image_size: i
     return volume_slices(entries, modality, image_size, with_label, min_foreground, num_workers, source=f"{datalist} [{section}]", **intensity)
 
 
-def save_slice_cache(datalist: str | Path, path: str | Path, image_size: int, num_workers: int = 0, **intensity) -> dict:
-    """Stage 1's slices of a datalist (``source`` CT with labels, ``target`` MR) in one xz file.
+def save_slice_cache(datalist: str | Path, path: str | Path, image_size: int, num_workers: int = 0, mr_pseudo_labels: bool = False,
+                     **intensity) -> dict:
+    """Stage 1's slices of a datalist (``source`` CT with labels, ``target`` MR) in one xz file;
+    ``mr_pseudo_labels``: the MR of ``PSEUDO_SECTION`` with their pseudo-labels instead (for
+    drl_train.yaml's ``target_pseudo_labels``).
 
     Stage 1 reads only slices, so a machine that trains it (a GPU node, a cluster job) needs
     neither the volumes nor their readers: this file, a few times smaller than the volumes, is
@@ -108,7 +111,8 @@ def save_slice_cache(datalist: str | Path, path: str | Path, image_size: int, nu
     """
     quantise = lambda x: ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     cache = {}
-    for section, modality, with_label in (("source", "ct", True), ("target", "mr", False)):
+    mr = (PSEUDO_SECTION, "mr", True) if mr_pseudo_labels else ("target", "mr", False)
+    for section, modality, with_label in (("source", "ct", True), mr):
         entries = read_datalist(datalist, section)
         data = volume_slices(entries, modality, image_size, with_label, num_workers=num_workers, source=f"{datalist} [{section}]", **intensity)
         cache[modality] = {"image": quantise(data["image"]), "subject": data["subject"],
@@ -133,6 +137,8 @@ def load_slice_cache(path: str | Path, modality: str, with_label: bool = False, 
     wanted = names if subjects is None else list(subjects)
     if missing := [s for s in wanted if s not in names]:
         raise DataError(path, f"has no subject {missing[0]!r} (it has {', '.join(names)})")
+    if with_label and "label" not in cache:
+        raise DataError(path, f"has no {modality.upper()} labels (MR pseudo-labels: prepare_data.py slice_cache --mr_pseudo_labels True)")
     keep = torch.isin(cache["subject"], torch.tensor([names.index(s) for s in wanted]))
     out = {"image": cache["image"][keep].float() / 127.5 - 1, "subject": cache["subject"][keep]}
     if with_label:
@@ -153,14 +159,20 @@ class UnpairedSlices(Dataset):
         length: items per epoch.
         seed: random seed.
         source_label: the CT slices' labels (N, 1, S, S), item key ``ct_label`` (the task-aware
-            content space), or ``None``. MR labels never enter stage 1.
+            content space), or ``None``.
+        target_label: the MR slices' pseudo-labels (M, 1, S, S), item key ``mr_label``, or
+            ``None``: labels of teachers trained without MR labels. MR ground truth never
+            enters stage 1.
     """
 
     def __init__(self, source: torch.Tensor, target: torch.Tensor, length: int, seed: int = 0,
-                 source_label: torch.Tensor | None = None) -> None:
+                 source_label: torch.Tensor | None = None, target_label: torch.Tensor | None = None) -> None:
         if source_label is not None and len(source_label) != len(source):
             raise ValueError(f"{len(source_label)} CT labels for {len(source)} CT slices")
-        self.source, self.target, self.length, self.seed, self.source_label = source, target, length, seed, source_label
+        if target_label is not None and len(target_label) != len(target):
+            raise ValueError(f"{len(target_label)} MR pseudo-labels for {len(target)} MR slices")
+        self.source, self.target, self.length, self.seed = source, target, length, seed
+        self.source_label, self.target_label = source_label, target_label
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -175,6 +187,8 @@ class UnpairedSlices(Dataset):
         item = {"ct": self.source[self.source_index[i]], "mr": self.target[self.target_index[i]]}
         if self.source_label is not None:
             item["ct_label"] = self.source_label[self.source_index[i]]
+        if self.target_label is not None:
+            item["mr_label"] = self.target_label[self.target_index[i]]
         return item
 
 

@@ -34,8 +34,9 @@ class DRLTrainer(AdversarialTrainer):
         style_ct, style_mr = engine._random_styles(x_ct, engine.state.iteration)
 
         # Generator side, once: encodings, reconstructions, translations, re-encodings.
+        label_mr = batchdata.get("mr_label")  # pseudo-labels of the MR slices, when stage 1 has them
         with engine._autocast():
-            out = engine.network(x_ct, x_mr, style_ct, style_mr)
+            out = engine.network(x_ct, x_mr, style_ct, style_mr, segment_mr=label_mr is not None)
 
         # Discriminator update on real and detached fake images (one pass per domain).
         n = x_ct.shape[0]
@@ -59,7 +60,8 @@ class DRLTrainer(AdversarialTrainer):
                     adv_content = engine.content_adversarial.encoder(discriminators.content(torch.cat([out["content_ct"], out["content_mr"]])))
             label_ct = batchdata.get("ct_label")
             label_ct = None if label_ct is None else label_ct.to(engine.state.device, non_blocking=True)
-            terms = engine.loss(out, x_ct, x_mr, style_ct, style_mr, adv_g, adv_content, label_ct)
+            label_mr = None if label_mr is None else label_mr.to(engine.state.device, non_blocking=True)
+            terms = engine.loss(out, x_ct, x_mr, style_ct, style_mr, adv_g, adv_content, label_ct, label_mr)
             losses = engine._checked(terms) | losses
             engine._step("g", terms["total"])
 

@@ -46,7 +46,9 @@ class DRLModule(ContentOnly):
             (the task-aware content space, the paper's section 4 future work): ``forward`` then
             segments the content-only images of the CT slices and of their MR translations,
             so that a loss on the CT labels (``DRLLoss``'s ``task_weight``) keeps the liver in
-            the content space of both encoders. Stage 2 reads only the content path's weights.
+            the content space of both encoders; with ``segment_mr``, also the content-only
+            images of the real MR slices (for a loss on their pseudo-labels, from teachers trained
+            without MR labels). Stage 2 reads only the content path's weights.
     """
 
     def __init__(
@@ -97,12 +99,14 @@ class DRLModule(ContentOnly):
         style = self.random_style(x.shape[0], x) if style is None else style
         return self.decode(self.content_encoders[source](x), style, target)
 
-    def forward(self, x_ct: torch.Tensor, x_mr: torch.Tensor, style_ct: torch.Tensor, style_mr: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x_ct: torch.Tensor, x_mr: torch.Tensor, style_ct: torch.Tensor, style_mr: torch.Tensor,
+                segment_mr: bool = False) -> dict[str, torch.Tensor]:
         """All generator-side tensors of one DRL iteration (eq. 2-4), each computed once.
 
         ``style_ct`` / ``style_mr`` are random style codes of each domain for the translations.
         With a ``task_segmenter``, ``task_logits`` are its logits on the content-only images of
-        ``x_ct`` and of its MR translations ``ct2mr`` (in that order): both have the CT labels.
+        ``x_ct`` and of its MR translations ``ct2mr`` (in that order): both have the CT labels;
+        with ``segment_mr`` too, ``task_logits_mr`` are its logits on the content-only ``x_mr``.
         """
         c_ct, s_ct = self.encode(x_ct, "ct")
         c_mr, s_mr = self.encode(x_mr, "mr")
@@ -117,6 +121,12 @@ class DRLModule(ContentOnly):
             "recon_ct": recon_ct, "recon_mr": recon_mr, "ct2mr": ct2mr, "mr2ct": mr2ct,
             "content_ct2mr": c_ct2mr, "style_ct2mr": s_ct2mr, "content_mr2ct": c_mr2ct, "style_mr2ct": s_mr2ct,
         }
+        if segment_mr and self.task_segmenter is None:
+            raise ValueError("segment_mr needs a task segmenter (the task-aware content space: task_weight > 0)")
         if self.task_segmenter is not None:
-            out["task_logits"] = self.task_segmenter(self.decode_neutral(torch.cat([c_ct, c_ct2mr])))
+            contents = [c_ct, c_ct2mr] + ([c_mr] if segment_mr else [])
+            logits = self.task_segmenter(self.decode_neutral(torch.cat(contents))).split([len(c) for c in contents])
+            out["task_logits"] = torch.cat(logits[:2])
+            if segment_mr:
+                out["task_logits_mr"] = logits[2]
         return out
