@@ -5,6 +5,9 @@
 # stage-1 benchmark. Made here first:
 #   python scripts/prepare_data.py slice_cache --datalist data/real/datalist_sabs.json --out .gpu/slices128.pt.xz
 #   pip download monai==1.6.1 pytorch-ignite==0.5.5 nibabel==5.4.2 fire==0.7.1 termcolor -d .gpu/whl (--no-deps, cp312 manylinux)
+# For the runs pseudo_f0 / pseudo_f1 (ours + the MR in the task term, --target_pseudo_labels), a fold's cache of its
+# training MR with the agreed masks of its teachers (trained on the CPU: the runner's fold_k/drl/datalist.json):
+#   python scripts/prepare_data.py slice_cache --datalist RUN/dadr/fold_0/drl/datalist.json --mr_pseudo_labels True --out .gpu/slices128_pseudo_f0.pt.xz
 # Run there:  OUT=<folder for results> [RUNS="paper_f0 ..."] [MIN=6] bash scripts/gpu/stage1_folds.sh
 # OUT receives <run>.pt (the content path in float16: what stage 2 reads), summary.txt and logs.tgz.
 set -u
@@ -20,18 +23,19 @@ F1="['chaos_mr_t2_13','chaos_mr_t2_19','chaos_mr_t2_21','chaos_mr_t2_36','chaos_
 PAPER="--task_weight 0 --content_adv_weight 0 --shared_res 0 --learning_rate 1e-4 --adversarial log"
 OURS="--task_weight 1.0"
 R=${R:-/tmp/runs}; mkdir -p $R
-train() {  # name subjects options...
-  local name=$1 subjects=$2; shift 2
+train() {  # name cache subjects options...
+  local name=$1 cache=$2 subjects=$3; shift 3
   $PY -m monai.bundle run training --config_file configs/drl_train.yaml --image_size 128 --dim 32 --amp bfloat16 \
-    --slice_cache .gpu/slices128.pt.xz --cache_target_subjects "$subjects" --max_iterations 200000 --lr_step 200000 \
+    --slice_cache $cache --cache_target_subjects "$subjects" --max_iterations 200000 --lr_step 200000 \
     --val_interval 500 --max_minutes $MIN --output_dir $R/$name "$@" > $R/$name.log 2>&1
   echo "$name rc=$? $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt
 }
 RUNS=${RUNS:-"paper_f0 paper_f1 ours_f0 ours_f1 ours_all"}
-declare -A SUBJECTS=([paper_f0]="$F0" [paper_f1]="$F1" [ours_f0]="$F0" [ours_f1]="$F1" [ours_all]=None)
+declare -A SUBJECTS=([paper_f0]="$F0" [paper_f1]="$F1" [ours_f0]="$F0" [ours_f1]="$F1" [ours_all]=None [pseudo_f0]=None [pseudo_f1]=None)
 for n in $RUNS; do
-  case $n in paper_*) options=$PAPER ;; *) options=$OURS ;; esac
-  train $n "${SUBJECTS[$n]}" $options &
+  cache=.gpu/slices128.pt.xz
+  case $n in paper_*) options=$PAPER ;; pseudo_*) options="$OURS --target_pseudo_labels True"; cache=.gpu/slices128_$n.pt.xz ;; *) options=$OURS ;; esac
+  train $n $cache "${SUBJECTS[$n]}" $options &
 done
 sleep 60; (nvidia-smi || true) | tee -a $OUT/summary.txt; wait
 for n in $RUNS; do
