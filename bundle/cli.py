@@ -14,7 +14,7 @@ import torch
 
 from bundle.errors import DataError, unwrap_data_error
 
-__all__ = ["run_cli", "flag", "optional", "brief_errors", "check_device", "check_choice", "init_distributed", "end_distributed"]
+__all__ = ["run_cli", "flag", "optional", "brief_errors", "check_device", "check_choice", "refuse", "init_distributed", "end_distributed"]
 
 
 def run_cli(component: Any) -> None:
@@ -87,6 +87,12 @@ def check_choice(value: Any, name: str, choices: tuple) -> Any:
     if value not in choices:
         raise DataError(f"--{name}", f"must be one of {', '.join(map(str, choices))}, got {value!r}")
     return value
+
+
+def refuse(condition: bool, name: str, why: str) -> None:
+    """An option this run cannot honour: one clear error, rather than running without it."""
+    if condition:
+        raise DataError(f"--{name}", why)
 
 
 def init_distributed(device: str | torch.device) -> bool:

@@ -163,10 +163,14 @@ def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[d
         return overrides
 
     if pseudo_stage1:  # the teachers first: their agreed masks of the training MR enter stage 1's task term
-        for teacher in STAGE1_TEACHERS:
-            train(teacher)
-        stage1 |= {"datalist": str(_pseudo_datalist(fold_dir, drl.parent, STAGE1_TEACHERS, sections, sizes, settings)),
-                   "target_pseudo_labels": True}
+        pseudo = drl.parent / "datalist.json"  # written last (atomically): a resumed stage 1 keeps the MR it started with
+        if not pseudo.is_file():
+            for teacher in STAGE1_TEACHERS:
+                train(teacher)
+            pseudo = _pseudo_datalist(fold_dir, drl.parent, STAGE1_TEACHERS, sections, sizes, settings)
+        kept = len(json.loads(pseudo.read_text())[PSEUDO_SECTION])
+        logger.info("%s: stage 1 trains on the %d of %d training MR whose pseudo-labels passed the filters", fold_dir, kept, len(sections["target"]))
+        stage1 |= {"datalist": str(pseudo), "target_pseudo_labels": True}
     if adaptations & {"dadr", "dadr_style"} and not drl.is_file():
         run_stage1(fold_dir, drl.parent, settings["drl_iterations"], gan_sizes, resume=True, seed=settings["seed"],
                    amp=settings["amp"], **stage1)
@@ -288,8 +292,8 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
             a cluster or across sessions; the other folds enter the tables where an earlier run in ``out``
             finished them, and ``results.md`` names the folds it holds. ``None``: every fold.
         stage1_pseudo_labels: stage 1's task term also on the fold's training MR, against the masks where
-            ``STAGE1_TEACHERS`` (trained first, without MR labels) agree (drl_train.yaml ``target_pseudo_labels``);
-            needs ``task_weight`` > 0.
+            ``STAGE1_TEACHERS`` (trained first, without MR labels) agree (drl_train.yaml ``target_pseudo_labels``):
+            stage 1 then sees only the MR whose masks passed the filters; needs ``task_weight`` > 0.
     """
     out = Path(out)
     figures, split_source, organs = flag(figures, "figures"), flag(split_source, "split_source"), flag(organs, "organs")

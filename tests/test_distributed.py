@@ -43,6 +43,17 @@ def test_stage1_on_two_processes(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out/checkpoints").iterdir()) == ["drl_checkpoint_10.pt", "drl_checkpoint_5.pt"]
 
 
+def test_stage1_under_torchrun_refuses_a_time_limit_it_cannot_keep(tmp_path):
+    """--max_minutes stops each rank at its own iteration (the others would wait forever): refused, not ignored."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run", "training",
+               "--config_file", "['configs/drl_train.yaml','configs/multi_gpu_drl_train.yaml']", "--dataset_dir", str(tmp_path / "data"),
+               "--output_dir", str(tmp_path / "out"), "--max_minutes", "1", *SMALL_GAN]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode != 0
+    assert "error: --max_minutes: not under torchrun" in result.stderr
+    assert not (tmp_path / "out" / "drl.pth").exists()
+
+
 def test_stage2_on_two_processes_steps_like_one_process_with_the_same_global_batch(phantoms, tmp_path):
     """Two ranks with half of a global batch of 4 each (content-only images computed half by each
     rank) end with the weights of one process with batches of 4, and far from batches of 2;

@@ -322,6 +322,11 @@ def test_stage1_learns_the_mr_where_the_teachers_agree(phantoms, tmp_path, monke
         assert (fold / teacher / "trained").stat().st_mtime < (fold / "drl" / "drl.pt").stat().st_mtime
     tags = [t for f in (fold / "drl" / "tensorboard").glob("events.out.tfevents.*") for t in EventAccumulator(str(f)).Reload().Tags()["scalars"]]
     assert any(tag.endswith("task_mr") for tag in tags), tags
+    labelled = (fold / "drl" / "datalist.json").stat().st_mtime_ns
+    (fold / "drl" / "drl.pt").unlink()  # a stage 1 stopped before its end: resumed on the MR it started with
+    (fold / "results.json").unlink()
+    run_experiments(phantoms / "datalist.json", out, models="dadr", stage1_pseudo_labels=True, task_weight=1.0, **settings)
+    assert (fold / "drl" / "drl.pt").is_file() and (fold / "drl" / "datalist.json").stat().st_mtime_ns == labelled
 
 
 def test_experiments_script_names_a_bad_datalist(tmp_path):

@@ -138,7 +138,8 @@ def load_slice_cache(path: str | Path, modality: str, with_label: bool = False, 
     if missing := [s for s in wanted if s not in names]:
         raise DataError(path, f"has no subject {missing[0]!r} (it has {', '.join(names)})")
     if with_label and "label" not in cache:
-        raise DataError(path, f"has no {modality.upper()} labels (MR pseudo-labels: prepare_data.py slice_cache --mr_pseudo_labels True)")
+        hint = " (MR pseudo-labels: prepare_data.py slice_cache --mr_pseudo_labels True)" if modality == "mr" else ""
+        raise DataError(path, f"has no {modality.upper()} labels{hint}")
     keep = torch.isin(cache["subject"], torch.tensor([names.index(s) for s in wanted]))
     out = {"image": cache["image"][keep].float() / 127.5 - 1, "subject": cache["subject"][keep]}
     if with_label:
@@ -161,8 +162,8 @@ class UnpairedSlices(Dataset):
         source_label: the CT slices' labels (N, 1, S, S), item key ``ct_label`` (the task-aware
             content space), or ``None``.
         target_label: the MR slices' pseudo-labels (M, 1, S, S), item key ``mr_label``, or
-            ``None``: labels of teachers trained without MR labels. MR ground truth never
-            enters stage 1.
+            ``None``: masks of teachers trained without MR labels (what the runner and
+            scripts/self_train.py write); MR ground truth here would make stage 1 supervised.
     """
 
     def __init__(self, source: torch.Tensor, target: torch.Tensor, length: int, seed: int = 0,

@@ -6,7 +6,8 @@
 #   python scripts/prepare_data.py slice_cache --datalist data/real/datalist_sabs.json --out .gpu/slices128.pt.xz
 #   pip download monai==1.6.1 pytorch-ignite==0.5.5 nibabel==5.4.2 fire==0.7.1 termcolor -d .gpu/whl (--no-deps, cp312 manylinux)
 # For the runs pseudo_f0 / pseudo_f1 (ours + the MR in the task term, --target_pseudo_labels), a fold's cache of its
-# training MR with the agreed masks of its teachers (trained on the CPU: the runner's fold_k/drl/datalist.json):
+# training MR with the agreed masks of its teachers: the fold_k/drl/datalist.json that the runner writes with
+# --stage1_pseudo_labels True --split_source False (all 30 CT, as slices128.pt.xz) before its CPU stage 1 (stop it there):
 #   python scripts/prepare_data.py slice_cache --datalist RUN/dadr/fold_0/drl/datalist.json --mr_pseudo_labels True --out .gpu/slices128_pseudo_f0.pt.xz
 # Run there:  OUT=<folder for results> [RUNS="paper_f0 ..."] [MIN=6] bash scripts/gpu/stage1_folds.sh
 # OUT receives <run>.pt (the content path in float16: what stage 2 reads), summary.txt and logs.tgz.
