@@ -101,6 +101,10 @@ def test_slice_cache_holds_the_slices_stage1_reads_and_mr_pseudo_labels_on_reque
     assert torch.equal(load_slice_cache(labelled, "mr", with_label=True)["label"], mr["label"])
     first = absolute["target_labelled"][0].get("subject") or Path(absolute["target_labelled"][0]["image"]).name
     assert len(load_slice_cache(labelled, "mr", subjects=[first])["image"]) == int((mr["subject"] == 0).sum())
+    phases = tmp_path / "phases.json"  # one subject, two volumes (as the phases of a multi-phasic MR)
+    phases.write_text(json.dumps(absolute | {"target": [{**e, "subject": "one"} for e in absolute["target"][:2]]}))
+    save_slice_cache(phases, tmp_path / "phases.pt.xz", 64)
+    assert len(load_slice_cache(tmp_path / "phases.pt.xz", "mr", subjects=["one"])["image"]) == len(load_slices(phases, "target", "mr", 64)["image"])
     with pytest.raises(DataError, match="has no subject 'nobody'"):
         load_slice_cache(labelled, "mr", subjects=["nobody"])
     run_bundle(tmp_path, "cached", 2, "--slice_cache", str(labelled), "--task_weight", "1.0", "--target_pseudo_labels", "True")

@@ -140,7 +140,7 @@ def load_slice_cache(path: str | Path, modality: str, with_label: bool = False, 
     if with_label and "label" not in cache:
         hint = " (MR pseudo-labels: prepare_data.py slice_cache --mr_pseudo_labels True)" if modality == "mr" else ""
         raise DataError(path, f"has no {modality.upper()} labels{hint}")
-    keep = torch.isin(cache["subject"], torch.tensor([names.index(s) for s in wanted]))
+    keep = torch.isin(cache["subject"], torch.tensor([i for i, name in enumerate(names) if name in wanted]))  # every volume of a subject (MR phases)
     out = {"image": cache["image"][keep].float() / 127.5 - 1, "subject": cache["subject"][keep]}
     if with_label:
         out["label"] = cache["label"][keep].float()
