@@ -84,7 +84,7 @@ PAPER_STAGE1 = {"content_adv_weight": 0.0, "shared_res": 0, "learning_rate": 1e-
 TEACHERS = {"unet_ct_rand_st": ("unet_ct_rand",), "unet_ct_rand_st2": ("unet_ct_rand_st",), "dadr_rand_st": ("dadr_rand",),
             "dacgan_st": ("dacgan",), "agreement_st": ("unet_ct_rand", "dacgan"), "dadr_agreement_st": ("unet_ct_rand", "dacgan"),
             "dadr_style_st": ("unet_ct_rand", "dadr_style")}  # self-trained model -> the models whose masks it learns
-STAGE1_TEACHERS = ("unet_ct_rand", "dacgan")  # --stage1_pseudo_labels: whose agreed masks of the MR stage 1's task term learns
+STAGE1_TEACHERS = TEACHERS["agreement_st"]  # --stage1_pseudo_labels: stage 1 learns the MR where agreement_st's teachers agree
 EXPERIMENTS = {  # model -> the held-out modalities it is tested on
     "da": {"unet_ct": ("mr", "ct"), "dacgan": ("mr",), "dadr": ("mr",), "unet_mr": ("mr", "ct"), "joint": ("mr", "ct")},
     "multiphase": {"dacgan": ("mr",), "dadr": ("mr",)},
