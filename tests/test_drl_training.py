@@ -112,6 +112,15 @@ def test_slice_cache_holds_the_slices_stage1_reads_and_mr_pseudo_labels_on_reque
     assert any(tag.endswith("task_mr") for tag in tags), tags
 
 
+def test_mr_pseudo_labels_without_the_task_term_are_refused_before_any_data_is_read(tmp_path):
+    """--target_pseudo_labels trains only the task term: with --task_weight 0 it is refused at start-up."""
+    args = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/drl_train.yaml",
+            "--dataset_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out"), "--target_pseudo_labels", "True"]
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and "error: --target_pseudo_labels: needs --task_weight > 0" in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
+
+
 def test_bundle_run_checkpoints_and_resumes_exactly(tmp_path):
     """20 iterations in one go equal 10 iterations, a stop, and a resumed run to 20."""
     run_bundle(tmp_path, "straight", 20)
