@@ -46,6 +46,7 @@ from bundle.data.slices import volume_slices
 from bundle.errors import DataError
 from bundle.figures import adaptation_figure, slice_grid
 from bundle.folds import LABELLED_MR_SECTIONS, fold_datalist, labelled_entries, subject, subject_folds
+from bundle.networks.segmenter import join_dual_path
 from bundle.pipeline import CONFIGS, run_cyclegan, run_evaluation, run_stage1, run_stage2
 from bundle.self_training import PSEUDO_SECTION, pseudo_labelled_datalist
 from bundle.tables import tables
@@ -85,6 +86,10 @@ TEACHERS = {"unet_ct_rand_st": ("unet_ct_rand",), "unet_ct_rand_st2": ("unet_ct_
             "dacgan_st": ("dacgan",), "agreement_st": ("unet_ct_rand", "dacgan"), "dadr_agreement_st": ("unet_ct_rand", "dacgan"),
             "dadr_style_st": ("unet_ct_rand", "dadr_style")}  # self-trained model -> the models whose masks it learns
 STAGE1_TEACHERS = TEACHERS["agreement_st"]  # --stage1_pseudo_labels: stage 1 learns the MR where agreement_st's teachers agree
+# the dual path (inference.yaml --adaptation dual): no training of its own, the weights of a content-path model and of a
+# UNet on the images, joined (bundle.networks.join_dual_path); its wall time is theirs
+DUAL_PATH = {"dadr_dual_st": ("dadr_agreement_st", "agreement_st")}
+MODELS["dadr_dual_st"] = ({"adaptation": "dual"}, "dual")
 EXPERIMENTS = {  # model -> the held-out modalities it is tested on
     "da": {"unet_ct": ("mr", "ct"), "dacgan": ("mr",), "dadr": ("mr",), "unet_mr": ("mr", "ct"), "joint": ("mr", "ct")},
     "multiphase": {"dacgan": ("mr",), "dadr": ("mr",)},
@@ -92,6 +97,7 @@ EXPERIMENTS = {  # model -> the held-out modalities it is tested on
     "ct_only": {"unet_ct": ("ct", "mr"), "unet_ct_rand": ("ct", "mr")},
     "dadr": {"dadr_rand": ("mr",), "dadr_rand_st": ("mr",), "dadr": ("mr",),  # our default and its ablations
              "unet_ct_rand": ("mr",), "dacgan": ("mr",), "dadr_agreement_st": ("mr",),  # and self-trained from stronger teachers
+             "agreement_st": ("mr",), "dadr_dual_st": ("mr",),  # the same teachers' student on the images, and both paths averaged
              "dadr_style": ("mr",), "dadr_style_st": ("mr",),  # DADR's diverse style transfer, alone and self-trained
              "unet_mr": ("mr",), "dadr_mr": ("mr",)},  # supervised bounds: MR images, content-only MR images (stage 1's ceiling)
     "self_training": {"unet_ct_rand": ("mr",), "unet_ct_rand_st": ("mr",), "unet_ct_rand_st2": ("mr",),  # without adaptation, two rounds
@@ -152,6 +158,14 @@ def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[d
     def train(model: str) -> dict:
         """Stage 2 of ``model`` unless it finished before; returns its train.yaml overrides."""
         model_dir = fold_dir / model
+        if model in DUAL_PATH:
+            members = [_model_path(fold_dir / m, train(m)) for m in DUAL_PATH[model]]
+            if not _trained(model_dir):
+                model_dir.mkdir(parents=True, exist_ok=True)
+                with atomic_outputs([model_dir / "model.pt"]) as (tmp,):
+                    torch.save(join_dual_path(*members), tmp)
+                _write_json(model_dir / "trained", {"train_seconds": sum(_train_seconds(fold_dir / m) or 0 for m in DUAL_PATH[model])})
+            return {}
         overrides = _stage2_overrides(model, settings, sections)
         if not _trained(model_dir):
             start = time.perf_counter()
@@ -284,7 +298,7 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
             instead of the liver masks; every model still outputs and is scored on the liver.
         task_weight: stage 1's task-aware content space (``configs/drl_train.yaml``), 0: the paper's.
         models: run only these of the experiments' models (comma-separated; a self-trained model
-            needs its teacher), e.g. ``dadr`` for the paper's row alone; ``None``: all.
+            needs its teacher, the dual path its two members), e.g. ``dadr`` for the paper's row alone; ``None``: all.
         paper_stage1: stage 1 with the paper's settings (``PAPER_STAGE1``) instead of our defaults.
         pseudo_repeat: times each pseudo-labelled MR volume counts per epoch of a self-trained model
             (train.yaml ``joint_repeat``): a few MR against many CT slices.
@@ -322,8 +336,9 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
         known = {m for e in names for m in EXPERIMENTS[e]}
         if unknown := [m for m in settings["models"] if m not in known]:
             raise ValueError(f"--models: {unknown} not in the experiments {names}; choose from {sorted(known)}")
-        if orphans := [m for m in settings["models"] if not set(TEACHERS.get(m, ())) <= set(settings["models"])]:
-            missing = sorted({t for m in orphans for t in TEACHERS[m]} - set(settings["models"]))
+        needs = {m: {*TEACHERS.get(m, ()), *DUAL_PATH.get(m, ())} for m in settings["models"]}  # teachers, dual-path members
+        if orphans := [m for m in settings["models"] if not needs[m] <= set(settings["models"])]:
+            missing = sorted({t for m in orphans for t in needs[m]} - set(settings["models"]))
             raise ValueError(f"--models: {orphans} learn from {missing}: name those too")
     ct = labelled_entries(datalist, ("source",), "ct")
     targets = {e: labelled_entries(datalist, LABELLED_MR_SECTIONS, "mr") for e in names}

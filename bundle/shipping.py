@@ -15,26 +15,31 @@ import torch
 
 from bundle.atomic import atomic_outputs
 from bundle.errors import DataError
-from bundle.networks.segmenter import read_weights
+from bundle.networks.segmenter import join_dual_path, read_weights
 
 __all__ = ["ship_weights", "publish"]
 
 
-def _half(path: Path) -> dict[str, torch.Tensor]:
-    half = {k: v.half() if v.is_floating_point() else v for k, v in read_weights(path).items()}
+def _half(path: Path, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """float16 copy of the weights in ``path`` (or of ``state``, read from it)."""
+    half = {k: v.half() if v.is_floating_point() else v for k, v in (read_weights(path) if state is None else state).items()}
     if overflow := [k for k, v in half.items() if v.is_floating_point() and not torch.isfinite(v).all()]:
         raise DataError(path, f"has weights beyond float16's range in {len(overflow)} tensors, e.g. {overflow[0]}: ship it in float32")
     return half
 
 
-def ship_weights(model: str | Path, drl: str | Path, out: str | Path = "models", max_mb: float = 40.0) -> dict[str, float]:
+def ship_weights(model: str | Path, drl: str | Path, out: str | Path = "models", max_mb: float = 40.0,
+                 image_model: str | Path | None = None) -> dict[str, float]:
     """Write float16 copies of the inference network ``model`` and the DRLModule ``drl`` as
     ``out/model.pt`` and ``out/drl.pth``; both or neither are written. Returns their sizes in MB.
+    With ``image_model`` (a UNet on the images), ``model.pt`` is the dual path of ``model`` (a
+    DADR model) and ``image_model`` (``inference.yaml --adaptation dual``).
 
     Raises ``DataError`` if the copies together exceed ``max_mb``.
     """
     out = Path(out)
-    states = [_half(Path(model)), _half(Path(drl))]
+    joined = None if image_model is None else join_dual_path(model, image_model)
+    states = [_half(Path(model), joined), _half(Path(drl))]
     finals = [out / "model.pt", out / "drl.pth"]
     out.mkdir(parents=True, exist_ok=True)
     with atomic_outputs(finals) as temps:

@@ -1,6 +1,7 @@
 """Copy a trained inference network and DRLModule into models/ in half precision (40 MB budget).
 
     python scripts/ship_model.py --model runs/real_seg_dadr/model.pt --drl runs/real_drl/drl.pth [--out models]
+    [--image_model runs/real_seg/model.pt]   # model.pt: the dual path of the two (inference.yaml --adaptation dual)
 """
 
 

@@ -299,7 +299,8 @@ def test_dadr_experiment_with_the_task_aware_content_space(phantoms, tmp_path, m
 
 def test_stage1_learns_the_mr_where_the_teachers_agree(phantoms, tmp_path, monkeypatch):
     """``--stage1_pseudo_labels True``: the two teachers train first, their agreed masks of the fold's
-    training MR (never a test image) are stage 1's MR pseudo-labels, and stage 1 logs the MR task term."""
+    training MR (never a test image) are stage 1's MR pseudo-labels, and stage 1 logs the MR task term.
+    The dual path joins the two students of those teachers (content path, images) and is tested as one."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     import bundle.self_training as self_training
@@ -310,8 +311,11 @@ def test_stage1_learns_the_mr_where_the_teachers_agree(phantoms, tmp_path, monke
                     split_source=False, iterations_per_epoch=2, run_folds=0, figures=False)
     with pytest.raises(ValueError, match="needs --task_weight > 0"):
         run_experiments(phantoms / "datalist.json", out, models="dadr", stage1_pseudo_labels=True, **settings)
-    result = run_experiments(phantoms / "datalist.json", out, models="dadr", stage1_pseudo_labels=True, task_weight=1.0, **settings)
-    assert {r["model"] for r in result["rows"]} == {"dadr"}
+    dual = "dadr,unet_ct_rand,dacgan,dadr_agreement_st,agreement_st,dadr_dual_st"
+    with pytest.raises(ValueError, match="learn from \\['agreement_st'\\]"):
+        run_experiments(phantoms / "datalist.json", out, models=dual.replace(",agreement_st", ""), stage1_pseudo_labels=True, task_weight=1.0, **settings)
+    result = run_experiments(phantoms / "datalist.json", out, models=dual, stage1_pseudo_labels=True, task_weight=1.0, **settings)
+    assert {r["model"] for r in result["rows"]} == set(dual.split(","))
     fold = out / "dadr" / "fold_0"
     sections = json.loads((fold / "datalist.json").read_text())
     pseudo = json.loads((fold / "drl" / "datalist.json").read_text())["target_pseudo"]
@@ -322,10 +326,16 @@ def test_stage1_learns_the_mr_where_the_teachers_agree(phantoms, tmp_path, monke
         assert (fold / teacher / "trained").stat().st_mtime < (fold / "drl" / "drl.pt").stat().st_mtime
     tags = [t for f in (fold / "drl" / "tensorboard").glob("events.out.tfevents.*") for t in EventAccumulator(str(f)).Reload().Tags()["scalars"]]
     assert any(tag.endswith("task_mr") for tag in tags), tags
+    joined = torch.load(fold / "dadr_dual_st" / "model.pt", weights_only=True)
+    members = [torch.load(fold / m / "model.pt", weights_only=True) for m in ("dadr_agreement_st", "agreement_st")]
+    assert all(torch.equal(joined[k], v) for k, v in members[0].items())
+    assert all(torch.equal(joined["image_" + k], v) for k, v in members[1].items() if k.startswith("unet."))
+    seconds = [json.loads((fold / m / "trained").read_text())["train_seconds"] for m in ("dadr_dual_st", "dadr_agreement_st", "agreement_st")]
+    assert seconds[0] == pytest.approx(seconds[1] + seconds[2])
     labelled = (fold / "drl" / "datalist.json").stat().st_mtime_ns
     (fold / "drl" / "drl.pt").unlink()  # a stage 1 stopped before its end: resumed on the MR it started with
     (fold / "results.json").unlink()
-    run_experiments(phantoms / "datalist.json", out, models="dadr", stage1_pseudo_labels=True, task_weight=1.0, **settings)
+    run_experiments(phantoms / "datalist.json", out, models=dual, stage1_pseudo_labels=True, task_weight=1.0, **settings)
     assert (fold / "drl" / "drl.pt").is_file() and (fold / "drl" / "datalist.json").stat().st_mtime_ns == labelled
 
 

@@ -71,6 +71,40 @@ def test_network_content_matches_drl_module_and_scripts(weights):
     assert not network.content_path.training and not any(p.requires_grad for p in network.content_path.parameters())
 
 
+def test_dual_path_averages_the_probabilities_of_its_two_unets_and_refuses_mismatched_members(weights, tmp_path):
+    """inference.yaml --adaptation dual: the joined weights of a content-path model and of a UNet on the
+    images give the log of the mean of their probabilities; members of the wrong kind are refused by name."""
+    from monai.bundle import ConfigParser
+
+    from bundle.networks import join_dual_path, load_model
+
+    torch.manual_seed(1)
+    image = LiverSegmenter(64)
+    torch.save(image.state_dict(), tmp_path / "image.pt")
+    torch.save(join_dual_path(weights / "model.pt", tmp_path / "image.pt"), tmp_path / "dual.pt")
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs/inference.yaml"))
+    parser.update({**SIZES, "adaptation": "dual", "device": "$torch.device('cpu')"})
+    dual = load_model(parser.get_parsed_content("network_def"), tmp_path / "dual.pt").eval()  # strict
+    content = dadr(64)
+    content.load_state_dict(torch.load(weights / "model.pt", weights_only=True))
+    x = torch.rand(2, 1, 64, 64) * 2 - 1  # at the trained size: averaged as the members give them (other sizes: before resizing)
+    with torch.no_grad():
+        mean = (torch.softmax(content.eval()(x), 1) + torch.softmax(image.eval()(x), 1)) / 2
+        assert torch.allclose(torch.softmax(dual(x), 1), mean, atol=1e-5)
+        assert not torch.allclose(mean, torch.softmax(content(x), 1), atol=1e-3)  # the image path counts
+        assert torch.allclose(dual.segment_with_content(x)[1], content.segment_with_content(x)[1])  # DADR's content-only image
+        y = torch.rand(3, 1, 40, 72) * 2 - 1
+        assert dual(y).shape == (3, 2, 40, 72) and torch.allclose(torch.jit.script(dual)(y), dual(y), atol=1e-5)
+    with pytest.raises(DataError, match="image.pt.*has no content path"):
+        join_dual_path(tmp_path / "image.pt", tmp_path / "image.pt")
+    with pytest.raises(DataError, match="model.pt.*not a UNet on the images themselves"):
+        join_dual_path(weights / "model.pt", weights / "model.pt")
+    torch.save(LiverSegmenter(96).state_dict(), tmp_path / "other.pt")
+    with pytest.raises(DataError, match="other.pt.*was trained for"):
+        join_dual_path(weights / "model.pt", tmp_path / "other.pt")
+
+
 def test_drl_weights_of_other_sizes_are_rejected_by_name(weights):
     with pytest.raises(DataError, match="drl.pth.*does not fit"):
         load_drl_weights(LiverSegmenter(64, ContentOnly("mr", dim=16, n_res=2, mlp_dim=32, shared_res=1)), weights / "drl.pth")
@@ -243,6 +277,10 @@ def test_ship_weights_halves_both_files_all_or_nothing(weights, tmp_path):
     with pytest.raises(DataError, match="over the 0.001 MB budget"):
         ship_weights(weights / "model.pt", weights / "drl.pth", tmp_path / "small", max_mb=0.001)
     assert list((tmp_path / "small").iterdir()) == []
+    torch.save(LiverSegmenter(64).state_dict(), tmp_path / "image.pt")  # the dual path: model.pt holds both UNets
+    ship_weights(weights / "model.pt", weights / "drl.pth", tmp_path / "dual", image_model=tmp_path / "image.pt")
+    dual = dadr(64, image_unet=UNet(2, 1, 2, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2))
+    dual.load_state_dict(torch.load(tmp_path / "dual/model.pt", weights_only=True))  # strict
 
 
 def test_shipped_model_fits_the_inference_config():

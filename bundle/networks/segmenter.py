@@ -3,6 +3,8 @@
 One 2D module that MONAI's ``SliceInferer`` applies to every slice of a volume, that MONAI Label
 loads from ``models/model.pt``, and that exports to TorchScript. It takes a normalised slice of
 any size, brings it to the square size the networks were trained on and brings the logits back.
+The dual path (not in the paper) averages it with a UNet on the image itself: two views of one
+slice, whose errors differ (the content path loses detail, the image path the domain).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from bundle.networks.content_only import ContentOnly
 from bundle.networks.geometry import from_square, to_square
 from bundle.networks.trained_for import TrainedFor
 
-__all__ = ["LiverSegmenter", "load_drl_weights", "load_model", "read_weights"]
+__all__ = ["LiverSegmenter", "join_dual_path", "load_drl_weights", "load_model", "read_weights"]
 
 
 class LiverSegmenter(nn.Module):
@@ -38,16 +40,24 @@ class LiverSegmenter(nn.Module):
         ct_window, mr_percentiles: the intensity normalisation the weights are trained for,
             recorded with them with ``image_size`` (``TrainedFor``); other values refuse to load.
 
+        image_unet: the dual path (``None``: none): a second UNet, trained on the images
+            themselves (no adaptation), whose class probabilities are averaged with ``unet``'s on
+            the content-only images; the output is then the log of the mean probabilities (a
+            softmax gives them back). Assembled from two trained models by ``join_dual_path``;
+            never trained as one.
+
     The content path is frozen: stage 2 trains the UNet only, so ``train()`` keeps it in eval mode.
     """
 
     def __init__(self, image_size: int = 128, content_path: nn.Module | None = None, unet: nn.Module | None = None,
-                 ct_window: Sequence[float] = CT_WINDOW, mr_percentiles: Sequence[float] = MR_PERCENTILES) -> None:
+                 ct_window: Sequence[float] = CT_WINDOW, mr_percentiles: Sequence[float] = MR_PERCENTILES,
+                 image_unet: nn.Module | None = None) -> None:
         super().__init__()
         self.image_size = image_size
         self.content_path = content_path if content_path is not None else nn.Identity()
         self.content_path.requires_grad_(False).eval()
         self.unet = unet if unet is not None else UNet(2, 1, 2, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2)
+        self.image_unet = image_unet
         self.trained_for = TrainedFor(image_size, ct_window, mr_percentiles)
 
     def train(self, mode: bool = True) -> "LiverSegmenter":
@@ -62,8 +72,13 @@ class LiverSegmenter(nn.Module):
         return self.content_path(x.reshape(n * c, 1, h, w)).reshape(n, c, h, w)
 
     def _square(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        content = self.content(to_square(x, self.image_size))
-        return self.unet(content), content
+        square = to_square(x, self.image_size)
+        content = self.content(square)
+        logits = self.unet(content)
+        if self.image_unet is not None:
+            mean = (torch.softmax(logits.float(), dim=1) + torch.softmax(self.image_unet(square).float(), dim=1)) / 2
+            logits = mean.clamp_min(1e-12).log()
+        return logits, content
 
     def segment_with_content(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, content-only image) of slices ``x`` (N, C, H, W), both (N, ., H, W); the
@@ -101,6 +116,21 @@ def load_drl_weights(network: LiverSegmenter, drl_path: str | Path) -> LiverSegm
         raise DataError(path, f"does not fit this configuration's DRLModule sizes (dim, n_res, shared_res...): "
                               f"{str(e).splitlines()[-1].strip()}") from e
     return network
+
+
+def join_dual_path(content_model: str | Path, image_model: str | Path) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` of a dual-path ``LiverSegmenter`` from two trained ones: ``content_model``
+    (``--adaptation dadr``: content path and its UNet) and ``image_model`` (no adaptation: its UNet
+    becomes ``image_unet``). Both must be trained for the same image size and intensity settings."""
+    content, image = read_weights(Path(content_model)), read_weights(Path(image_model))
+    if not any(k.startswith("content_path.") for k in content):
+        raise DataError(content_model, "has no content path: the dual path needs a model trained with --adaptation dadr")
+    if any(k.startswith(("content_path.", "image_unet.")) for k in image):
+        raise DataError(image_model, "is not a UNet on the images themselves: the dual path needs a model trained with --adaptation none")
+    recorded = [TrainedFor.describe(s["trained_for.values"]) for s in (content, image) if "trained_for.values" in s]
+    if len(set(recorded)) > 1:
+        raise DataError(image_model, f"was trained for {recorded[1]}, but {content_model} for {recorded[0]}")
+    return content | {"image_" + k: v for k, v in image.items() if k.startswith("unet.")}
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
