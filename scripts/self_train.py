@@ -1,12 +1,15 @@
 """Self-training (bundle/self_training.py) outside the experiment runner: the recipe of the shipped model.
 
     python scripts/self_train.py --datalist data/real/datalist_sabs.json --teacher TEACHER/model.pt[,TEACHER2/model.pt] \\
-        --out runs/self_train [--adaptation none|dadr --drl_path DRL] [--seg_epochs 20] [--amp bfloat16] [--image_size 128 ...]
+        --out runs/self_train [--adaptation none|dadr --drl_path DRL] [--teacher_adaptation none|dadr] [--seg_epochs 20] \\
+        [--amp bfloat16] [--image_size 128 ...]
 
 The datalist's ``target`` MR (unlabelled) are pseudo-labelled by the teacher (a stage-2 model
 trained on its ``source`` CT; two comma-separated teachers: where both agree, as the runner's
 ``agreement_st``), then stage 2 trains again on the CT and the kept pseudo-labelled MR, with
-appearance randomisation: ``OUT/model.pt``.
+appearance randomisation: ``OUT/model.pt``. The student's ``--adaptation`` is the teachers' unless
+``--teacher_adaptation`` says otherwise (the runner's ``dadr_agreement_st``: ``--adaptation dadr
+--teacher_adaptation none``, a content-path student of two UNets on the images).
 """
 
 import json
@@ -18,11 +21,11 @@ from bundle.self_training import PSEUDO_SECTION, pseudo_labelled_datalist
 
 
 def self_train(datalist: str, teacher: str, out: str, adaptation: str = "none", drl_path: str | None = None, seg_epochs: int = 20,
-               amp: str | None = None, seed: int = 0, pseudo_repeat: int = 1, **sizes) -> None:
+               amp: str | None = None, seed: int = 0, pseudo_repeat: int = 1, teacher_adaptation: str | None = None, **sizes) -> None:
     """Pseudo-label DATALIST's target MR with TEACHER (comma-separated models: where all agree), then train
     OUT/model.pt on its source CT + those MR (each counted ``pseudo_repeat`` times per epoch)."""
     sections = {name: read_datalist(datalist, name) for name, entries in json.load(open(datalist)).items() if entries}
-    teachers = [(path.strip(), adaptation) for path in (teacher.split(",") if isinstance(teacher, str) else teacher)]
+    teachers = [(path.strip(), teacher_adaptation or adaptation) for path in (teacher.split(",") if isinstance(teacher, str) else teacher)]
     student_datalist = pseudo_labelled_datalist(sections, teachers, out, sizes, amp=amp)
     run_stage2(student_datalist.parent, student_datalist.parent, drl_path, seg_epochs, sizes, datalist=str(student_datalist),
                adaptation=adaptation, train_section="source", train_modality="ct", appearance_randomisation=True, joint=True,

@@ -78,6 +78,7 @@ def test_self_train_script_pseudo_labels_the_target_and_trains_a_student(phantom
     import torch
 
     import bundle.self_training as self_training
+    from bundle.networks import DRLModule
     from bundle.pipeline import run_stage2
 
     monkeypatch.setattr(self_training, "LIVER_ML", (0.0, float("inf")))
@@ -98,8 +99,12 @@ def test_self_train_script_pseudo_labels_the_target_and_trains_a_student(phantom
     assert all({"liver_ml", "mean_entropy", "kept"} <= set(r) for r in report)
     before, after = torch.load(teacher), torch.load(tmp_path / "student" / "model.pt")
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("unet."))
-    # two teachers (here the same one twice): each pseudo-labels on its own, the student learns where they agree
-    script.self_train(str(phantoms / "datalist.json"), f"{teacher},{teacher}", str(tmp_path / "pair"), seg_epochs=1, iterations_per_epoch=2, **sizes)
+    # two teachers (here the same one twice): each pseudo-labels on its own, the student learns where they agree;
+    # this student is DADR's content path, its teachers UNets on the images
+    torch.save(DRLModule(dim=8, image_size=64, shared_res=1).state_dict(), tmp_path / "drl.pt")  # the configs' sizes, untrained
+    script.self_train(str(phantoms / "datalist.json"), f"{teacher},{teacher}", str(tmp_path / "pair"), seg_epochs=1, iterations_per_epoch=2,
+                      adaptation="dadr", teacher_adaptation="none", drl_path=str(tmp_path / "drl.pt"), **sizes)
+    assert any(k.startswith("content_path.") for k in torch.load(tmp_path / "pair" / "model.pt"))
     pair = json.loads((tmp_path / "pair" / "datalist.json").read_text())["target_pseudo"]
     assert len(pair) == len(targets)
     for entry in pair:
