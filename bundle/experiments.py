@@ -87,7 +87,8 @@ TEACHERS = {"unet_ct_rand_st": ("unet_ct_rand",), "unet_ct_rand_st2": ("unet_ct_
             "dadr_style_st": ("unet_ct_rand", "dadr_style")}  # self-trained model -> the models whose masks it learns
 STAGE1_TEACHERS = TEACHERS["agreement_st"]  # --stage1_pseudo_labels: stage 1 learns the MR where agreement_st's teachers agree
 # the dual path (inference.yaml --adaptation dual): no training of its own, the weights of a content-path model and of a
-# UNet on the images, joined (bundle.networks.join_dual_path); its wall time is theirs
+# UNet on the images, joined (bundle.networks.join_dual_path); its wall time is theirs. Joined once: a member retrained
+# later (its folder deleted) needs the dual path's folder deleted too
 DUAL_PATH = {"dadr_dual_st": ("dadr_agreement_st", "agreement_st")}
 MODELS["dadr_dual_st"] = ({"adaptation": "dual"}, "dual")
 EXPERIMENTS = {  # model -> the held-out modalities it is tested on
@@ -164,7 +165,8 @@ def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[d
                 model_dir.mkdir(parents=True, exist_ok=True)
                 with atomic_outputs([model_dir / "model.pt"]) as (tmp,):
                     torch.save(join_dual_path(*members), tmp)
-                _write_json(model_dir / "trained", {"train_seconds": sum(_train_seconds(fold_dir / m) or 0 for m in DUAL_PATH[model])})
+                seconds = [_train_seconds(fold_dir / m) for m in DUAL_PATH[model]]
+                _write_json(model_dir / "trained", {"train_seconds": None if None in seconds else round(sum(seconds), 1)})
             return {}
         overrides = _stage2_overrides(model, settings, sections)
         if not _trained(model_dir):

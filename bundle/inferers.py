@@ -80,7 +80,7 @@ class EnsembleInferer:
         if int(styles) < 0:
             raise ValueError(f"styles must be 0 or more, got {styles}")
         if int(styles) and not isinstance(content_path, ContentOnly):
-            raise ValueError("style variants need a DADR network's content path (--adaptation dadr); this network has none")
+            raise ValueError("style variants need a DADR network's content path (--adaptation dadr or dual); this network has none")
         self.inferer, self.gammas, self.content_path = inferer, [float(g) for g in gammas], content_path
         self.styles = torch.randn(int(styles), content_path.style_dim, generator=torch.Generator().manual_seed(seed)) if int(styles) else []
 

@@ -1,7 +1,7 @@
 """Self-training (bundle/self_training.py) outside the experiment runner: the recipe of the shipped model.
 
     python scripts/self_train.py --datalist data/real/datalist_sabs.json --teacher TEACHER/model.pt[,TEACHER2/model.pt] \\
-        --out runs/self_train [--adaptation none|dadr --drl_path DRL] [--teacher_adaptation none|dadr] [--seg_epochs 20] \\
+        --out runs/self_train [--adaptation none|dadr --drl_path DRL] [--teacher_adaptation none|dadr|dual] [--seg_epochs 20] \\
         [--amp bfloat16] [--image_size 128 ...]
 
 The datalist's ``target`` MR (unlabelled) are pseudo-labelled by the teacher (a stage-2 model

@@ -96,8 +96,13 @@ def test_dual_path_averages_the_probabilities_of_its_two_unets_and_refuses_misma
         assert torch.allclose(dual.segment_with_content(x)[1], content.segment_with_content(x)[1])  # DADR's content-only image
         y = torch.rand(3, 1, 40, 72) * 2 - 1
         assert dual(y).shape == (3, 2, 40, 72) and torch.allclose(torch.jit.script(dual)(y), dual(y), atol=1e-5)
-    with pytest.raises(DataError, match="image.pt.*has no content path"):
+    with pytest.raises(DataError, match="image.pt.*is not a single DADR model"):
         join_dual_path(tmp_path / "image.pt", tmp_path / "image.pt")
+    with pytest.raises(DataError, match="dual.pt.*is not a single DADR model"):
+        join_dual_path(tmp_path / "dual.pt", tmp_path / "image.pt")
+    torch.save(LiverSegmenter(64, unet=UNet(2, 1, 2, (8, 16, 32, 64, 128), (2, 2, 2, 2), num_res_units=2)).state_dict(), tmp_path / "small.pt")
+    with pytest.raises(DataError, match="small.pt.*has another UNet"):
+        join_dual_path(weights / "model.pt", tmp_path / "small.pt")
     with pytest.raises(DataError, match="model.pt.*not a UNet on the images themselves"):
         join_dual_path(weights / "model.pt", weights / "model.pt")
     torch.save(LiverSegmenter(96).state_dict(), tmp_path / "other.pt")

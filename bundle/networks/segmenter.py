@@ -82,7 +82,8 @@ class LiverSegmenter(nn.Module):
 
     def segment_with_content(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, content-only image) of slices ``x`` (N, C, H, W), both (N, ., H, W); the
-        content-only image is that of the middle channel (the slice itself for a 2.5D input)."""
+        content-only image is that of the middle channel (the slice itself for a 2.5D input).
+        With ``image_unet``, the logits are the log of the two UNets' mean probabilities."""
         logits, content = self._square(x)
         middle = content.shape[1] // 2
         return from_square(logits, x.shape[-2], x.shape[-1]), from_square(content[:, middle : middle + 1], x.shape[-2], x.shape[-1])
@@ -120,16 +121,22 @@ def load_drl_weights(network: LiverSegmenter, drl_path: str | Path) -> LiverSegm
 
 def join_dual_path(content_model: str | Path, image_model: str | Path) -> dict[str, torch.Tensor]:
     """The ``state_dict`` of a dual-path ``LiverSegmenter`` from two trained ones: ``content_model``
-    (``--adaptation dadr``: content path and its UNet) and ``image_model`` (no adaptation: its UNet
-    becomes ``image_unet``). Both must be trained for the same image size and intensity settings."""
+    (``--adaptation dadr``: content path and its UNet) and ``image_model`` (a UNet on the images:
+    ``none``, ``cyclegan``, ``dadr_style``; it becomes ``image_unet``). Both must be trained for the
+    same image size and intensity settings, with UNets of one shape (inference.yaml builds both alike)."""
     content, image = read_weights(Path(content_model)), read_weights(Path(image_model))
-    if not any(k.startswith("content_path.") for k in content):
-        raise DataError(content_model, "has no content path: the dual path needs a model trained with --adaptation dadr")
+    if not any(k.startswith("content_path.") for k in content) or any(k.startswith("image_unet.") for k in content):
+        raise DataError(content_model, "is not a single DADR model: the dual path's first member is trained with --adaptation dadr")
     if any(k.startswith(("content_path.", "image_unet.")) for k in image):
-        raise DataError(image_model, "is not a UNet on the images themselves: the dual path needs a model trained with --adaptation none")
+        raise DataError(image_model, "is not a UNet on the images themselves: the dual path's second member has no content path "
+                                     "(--adaptation none, cyclegan or dadr_style)")
     recorded = [TrainedFor.describe(s["trained_for.values"]) for s in (content, image) if "trained_for.values" in s]
     if len(set(recorded)) > 1:
         raise DataError(image_model, f"was trained for {recorded[1]}, but {content_model} for {recorded[0]}")
+    shapes = [{k: tuple(v.shape) for k, v in s.items() if k.startswith("unet.")} for s in (content, image)]
+    if shapes[0] != shapes[1]:
+        raise DataError(image_model, f"has another UNet than {content_model} (--unet_channels, --context_slices, --out_channels): "
+                                     "the dual path's two UNets have one shape")
     return content | {"image_" + k: v for k, v in image.items() if k.startswith("unet.")}
 
 
