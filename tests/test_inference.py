@@ -350,7 +350,7 @@ def test_inference_cli_ends_bad_input_with_one_line_and_exit_code_2(phantoms, we
     assert "Traceback" in open(log).read()
     for extra, problem in ((["--device", "cuda:0"], "error: --device: cuda:0 was asked for, but CUDA is not available"),
                            (["--amp", "float16"], "error: --amp: must be one of None, bfloat16, got 'float16'"),
-                           (["--adaptation", "cyclegan"], "error: --adaptation: must be one of none, dadr, got 'cyclegan'")):
+                           (["--adaptation", "cyclegan"], "error: --adaptation: must be one of none, dadr, dual, got 'cyclegan'")):
         if extra[0] == "--device" and torch.cuda.is_available():
             continue
         result = run_inference(inputs, tmp_path / "out3", weights / "model.pt", *extra)
