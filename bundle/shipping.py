@@ -21,7 +21,7 @@ __all__ = ["ship_weights", "publish"]
 
 
 def _half(path: Path, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """float16 copy of the weights in ``path`` (or of ``state``, read from it)."""
+    """float16 copy of the weights in ``path``, or of ``state`` (then ``path`` only names it in errors)."""
     half = {k: v.half() if v.is_floating_point() else v for k, v in (read_weights(path) if state is None else state).items()}
     if overflow := [k for k, v in half.items() if v.is_floating_point() and not torch.isfinite(v).all()]:
         raise DataError(path, f"has weights beyond float16's range in {len(overflow)} tensors, e.g. {overflow[0]}: ship it in float32")
