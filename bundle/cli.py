@@ -117,6 +117,10 @@ def per_rank_batch(batch_size: int) -> int:
 
 
 def end_distributed() -> None:
-    """Leave the process group, if any (configs' ``finalize``)."""
+    """Leave the process group, if any (configs' ``finalize``), once every rank is there: rank 0
+    still validates and writes the weights after the last step, and a rank that tore down its
+    gloo connections meanwhile could abort at exit (CI saw one 'terminate called without an
+    active exception' on rank 1 of the two-process CycleGAN run)."""
     if torch.distributed.is_initialized():
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()

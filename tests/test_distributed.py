@@ -25,7 +25,7 @@ def torchrun(configs: list[str], *args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run", "training",
                "--config_file", str(configs), *map(str, args)]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, f"stdout: ...{result.stdout[-2000:]}\nstderr: ...{result.stderr[-3000:]}"  # the logs say when it failed
     return result
 
 
