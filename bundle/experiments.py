@@ -185,7 +185,7 @@ def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[d
                 train(teacher)
             pseudo = _pseudo_datalist(fold_dir, drl.parent, STAGE1_TEACHERS, sections, sizes, settings)
         kept = len(json.loads(pseudo.read_text())[PSEUDO_SECTION])
-        logger.info("%s: stage 1 trains on the %d of %d training MR whose pseudo-labels passed the filters", fold_dir, kept, len(sections["target"]))
+        logger.info("%s: stage 1 adapts to the %d training MR and segments the %d whose pseudo-labels passed the filters", fold_dir, len(sections["target"]), kept)
         stage1 |= {"datalist": str(pseudo), "target_pseudo_labels": True}
     if adaptations & {"dadr", "dadr_style"} and not drl.is_file():
         run_stage1(fold_dir, drl.parent, settings["drl_iterations"], gan_sizes, resume=True, seed=settings["seed"],

@@ -101,7 +101,8 @@ class DRLLoss(nn.Module):
                 label_mr: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Returns every term and ``total``; ``style_*`` are the random styles used to translate;
         ``label_ct``: the CT slices' labels, needed when ``out`` has ``task_logits``; ``label_mr``:
-        the MR slices' pseudo-labels, needed when it has ``task_logits_mr``."""
+        the MR slices' pseudo-labels, needed when it has ``task_logits_mr`` (negative on the
+        slices of MR without one: the term leaves those out, and is 0 when no slice has one)."""
         terms = {
             "recon_ct": recon_loss(out["recon_ct"], x_ct),
             "recon_mr": recon_loss(out["recon_mr"], x_mr),
@@ -123,7 +124,9 @@ class DRLLoss(nn.Module):
         if "task_logits_mr" in out:
             if label_mr is None:
                 raise ValueError("the DRLModule segments the MR slices but they have no pseudo-labels (UnpairedSlices target_label)")
-            terms["task_mr"] = self.task_loss(out["task_logits_mr"].float(), label_mr)
+            labelled = (label_mr >= 0).flatten(1).all(1)  # not the slices of MR without pseudo-labels (NO_LABEL)
+            logits = out["task_logits_mr"].float()
+            terms["task_mr"] = self.task_loss(logits[labelled], label_mr[labelled]) if labelled.any() else logits.sum() * 0.0
             terms["total"] = terms["total"] + self.task_weight * terms["task_mr"]
         return terms
 

@@ -13,7 +13,7 @@ from conftest import ROOT
 from ignite.engine import Events
 from torch.utils.data import DataLoader
 
-from bundle.data.slices import UnpairedSlices, load_slices
+from bundle.data.slices import NO_LABEL, UnpairedSlices, load_slices, load_target_slices
 from bundle.engines import DRLTrainer
 from bundle.losses import AdversarialLoss, ContentAdversarialLoss, DRLLoss
 from bundle.networks import DomainDiscriminators, DRLModule
@@ -97,7 +97,7 @@ def test_slice_cache_holds_the_slices_stage1_reads_and_mr_pseudo_labels_on_reque
     assert load_slice_cache(plain, "mr")["image"].shape == load_slices(pseudo, "target", "mr", 64)["image"].shape
     with pytest.raises(DataError, match="has no MR labels"):
         load_slice_cache(plain, "mr", with_label=True)
-    mr = load_slices(pseudo, "target_pseudo", "mr", 64, with_label=True)
+    mr = load_target_slices(pseudo, 64, pseudo_labels=True)
     assert torch.equal(load_slice_cache(labelled, "mr", with_label=True)["label"], mr["label"])
     first = absolute["target_labelled"][0].get("subject") or Path(absolute["target_labelled"][0]["image"]).name
     assert len(load_slice_cache(labelled, "mr", subjects=[first])["image"]) == int((mr["subject"] == 0).sum())
@@ -110,6 +110,46 @@ def test_slice_cache_holds_the_slices_stage1_reads_and_mr_pseudo_labels_on_reque
     run_bundle(tmp_path, "cached", 2, "--slice_cache", str(labelled), "--task_weight", "1.0", "--target_pseudo_labels", "True")
     tags = [t for f in (tmp_path / "cached/tensorboard").glob("events.out.tfevents.*") for t in EventAccumulator(str(f)).Reload().Tags()["scalars"]]
     assert any(tag.endswith("task_mr") for tag in tags), tags
+
+
+def test_mr_without_pseudo_labels_still_adapt_and_the_task_term_leaves_their_slices_out(phantoms, tmp_path):
+    """Stage 1's MR with --target_pseudo_labels: every target MR, NO_LABEL on the slices of one whose
+    pseudo-label failed the filters (also in a slice cache); the MR task term is that of the labelled
+    slices alone, and 0 (still differentiable) on a batch without any."""
+    from monai.losses import DiceCELoss
+    from monai.networks.nets import UNet
+
+    from bundle.data.slices import load_slice_cache, save_slice_cache
+
+    datalist = json.loads((phantoms / "datalist.json").read_text())
+    absolute = {k: [{**e, **{f: str(phantoms / e[f]) for f in ("image", "label") if f in e}} for e in v] for k, v in datalist.items()}
+    assert len(absolute["target"]) >= 2
+    pseudo = tmp_path / "pseudo.json"  # the first target MR kept its pseudo-label (its mask as a stand-in), the others did not
+    pseudo.write_text(json.dumps(absolute | {"target_pseudo": [e for e in absolute["target_labelled"] if e["image"] == absolute["target"][0]["image"]]}))
+    mr = load_target_slices(pseudo, 64, pseudo_labels=True)
+    plain = load_slices(pseudo, "target", "mr", 64)
+    assert torch.equal(mr["image"], plain["image"]) and torch.equal(mr["subject"], plain["subject"])
+    first = mr["subject"] == 0
+    truth = load_slices(phantoms / "datalist.json", "target_labelled", "mr", 64, with_label=True)
+    assert torch.equal(mr["label"][first], truth["label"][truth["subject"] == 0]) and mr["label"][first].max() == 1
+    assert (~first).any() and (mr["label"][~first] == NO_LABEL).all()
+    save_slice_cache(pseudo, tmp_path / "pseudo.pt.xz", 64, mr_pseudo_labels=True)
+    assert torch.equal(load_slice_cache(tmp_path / "pseudo.pt.xz", "mr", with_label=True)["label"], mr["label"])
+
+    torch.manual_seed(0)
+    network = DRLModule(dim=8, n_res=2, mlp_dim=32, task_segmenter=UNet(2, 1, 2, channels=(8, 16), strides=(2,)))
+    ct = load_slices(phantoms / "datalist.json", "source", "ct", 64, with_label=True)
+    rows = torch.cat([torch.nonzero(first)[:1, 0], torch.nonzero(~first)[:1, 0]])  # one labelled MR slice, one without
+    x_ct, x_mr, label_mr = ct["image"][10:12], mr["image"][rows], mr["label"][rows]
+    styles = torch.randn(2, 8), torch.randn(2, 8)
+    out = network(x_ct, x_mr, *styles, segment_mr=True)
+    loss = DRLLoss(task_weight=1.0)
+    terms = loss(out, x_ct, x_mr, *styles, torch.tensor(0.0), label_ct=ct["label"][10:12], label_mr=label_mr)
+    alone = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)(out["task_logits_mr"][:1].float(), label_mr[:1])
+    assert torch.isclose(terms["task_mr"], alone)
+    none = loss(out, x_ct, x_mr, *styles, torch.tensor(0.0), label_ct=ct["label"][10:12], label_mr=torch.full_like(label_mr, NO_LABEL))
+    assert none["task_mr"] == 0 and torch.isfinite(none["total"])
+    none["total"].backward()
 
 
 def test_mr_pseudo_labels_without_the_task_term_are_refused_before_any_data_is_read(tmp_path):

@@ -14,7 +14,7 @@ import torch
 from bundle.data.phantoms import make_phantoms
 from bundle.errors import DataError
 
-__all__ = ["PSEUDO_SECTION", "read_datalist", "ensure_datalist"]
+__all__ = ["PSEUDO_SECTION", "read_datalist", "target_with_pseudo_labels", "ensure_datalist"]
 
 PSEUDO_SECTION = "target_pseudo"  # pseudo-labelled MR (bundle/self_training.py): stage 2's joint_section, stage 1's target_pseudo_labels
 
@@ -30,6 +30,16 @@ def read_datalist(path: str | Path, section: str) -> list[dict]:
         raise DataError(path, f"has no entries in section {section!r} (sections: {sorted(datalist)})")
     base = path.resolve().parent
     return [{**e, **{k: str(base / e[k]) for k in ("image", "label", "organs") if k in e}} for e in datalist[section]]
+
+
+def target_with_pseudo_labels(path: str | Path) -> list[dict]:
+    """Every unlabelled MR of ``path`` (``target``, then any ``PSEUDO_SECTION`` MR not in it), each
+    with its pseudo-label where ``PSEUDO_SECTION`` has one: stage 1 adapts to the MR whose
+    pseudo-labels failed the filters too, and segments only the others."""
+    pseudo = {e["image"]: e for e in read_datalist(path, PSEUDO_SECTION)}
+    target = read_datalist(path, "target")
+    images = {e["image"] for e in target}
+    return [pseudo.get(e["image"], e) for e in target] + [e for image, e in pseudo.items() if image not in images]
 
 
 def ensure_datalist(path: str | Path, n_ct: int = 8, n_mr: int = 8, size: int = 128, seed: int = 0) -> str:

@@ -21,13 +21,17 @@ import torch
 from torch.utils.data import Dataset
 
 from bundle.atomic import atomic_outputs
-from bundle.data.datalist import PSEUDO_SECTION, read_datalist
+from bundle.data.datalist import read_datalist, target_with_pseudo_labels
 from bundle.data.intensity import CT_WINDOW, MR_PERCENTILES
 from bundle.data.preprocess import volume_transform
 from bundle.errors import DataError, unwrap_data_error
 from bundle.networks.geometry import to_square
 
-__all__ = ["volume_slices", "load_slices", "save_slice_cache", "load_slice_cache", "UnpairedSlices", "evenly_spaced"]
+__all__ = ["NO_LABEL", "volume_slices", "load_slices", "load_target_slices", "save_slice_cache", "load_slice_cache", "UnpairedSlices", "evenly_spaced"]
+
+
+CACHE_NO_LABEL = 255  # NO_LABEL in a slice cache's uint8 labels
+NO_LABEL = -1.0  # the label map of a volume that has none (MR whose pseudo-labels failed the filters): the task term skips it
 
 
 def _to_slices(volume: torch.Tensor, image_size: int, mode: str, pad_value: float) -> torch.Tensor:
@@ -58,23 +62,31 @@ def _load_volumes(entries: list[dict], transform: Callable, num_workers: int) ->
 def volume_slices(entries: list[dict], modality: str, image_size: int, with_label: bool = False,
                   min_foreground: float = 0.05, num_workers: int = 0, source: str | Path = "datalist",
                   ct_window: Sequence[float] = CT_WINDOW, mr_percentiles: Sequence[float] = MR_PERCENTILES,
-                  context_slices: int = 0) -> dict[str, torch.Tensor]:
+                  context_slices: int = 0, missing_label: float | None = None) -> dict[str, torch.Tensor]:
     """All usable axial slices of the volumes ``entries`` (dicts with ``image`` [and ``label``] paths).
 
     Returns ``{"image": (N,C,S,S), "subject": (N,) index into entries}`` (C = 1 + 2 * ``context_slices``) and ``"label"`` (N,1,S,S,
     the label map's class ids: 0/1 for a liver mask) when ``with_label``. Slices where less than ``min_foreground`` of the pixels are above the
     background (-1) are dropped: they teach nothing about anatomy. ``source`` names the entries'
     origin in errors; ``ct_window``, ``mr_percentiles`` and ``context_slices`` as in :func:`volume_transform`.
+    ``missing_label``: the label of every slice of an entry without one (``None``: each must have one).
     """
     if not entries:
         raise DataError(source, f"has no {modality.upper()} volumes")
-    if with_label and (missing := [e["image"] for e in entries if "label" not in e]):
+    labelled = [with_label and "label" in e for e in entries]
+    if with_label and missing_label is None and not all(labelled):
+        missing = [e["image"] for e, has in zip(entries, labelled) if not has]
         raise DataError(source, f"has no label for {len(missing)} volume(s), e.g. {missing[0]}")
-    transform = volume_transform(modality, with_label, ct_window=ct_window, mr_percentiles=mr_percentiles, context_slices=context_slices)
-    try:
-        volumes = _load_volumes(entries, transform, num_workers)
-    except RuntimeError as e:  # a bad volume: report the file, not MONAI's transform wrapper
-        raise unwrap_data_error(e) from e
+    volumes = [None] * len(entries)
+    for has_label in {*labelled}:  # the volumes with labels and those without, each with its transform
+        group = [i for i, has in enumerate(labelled) if has == has_label]
+        transform = volume_transform(modality, has_label, ct_window=ct_window, mr_percentiles=mr_percentiles, context_slices=context_slices)
+        try:
+            loaded = _load_volumes([entries[i] for i in group], transform, num_workers)
+        except RuntimeError as e:  # a bad volume: report the file, not MONAI's transform wrapper
+            raise unwrap_data_error(e) from e
+        for i, item in zip(group, loaded):
+            volumes[i] = item
     images, labels, subjects = [], [], []
     for i, item in enumerate(volumes):
         image = _to_slices(item["image"], image_size, "bilinear", -1.0)
@@ -82,7 +94,8 @@ def volume_slices(entries: list[dict], modality: str, image_size: int, with_labe
         images.append(image[keep])
         subjects.append(torch.full((int(keep.sum()),), i))
         if with_label:
-            labels.append(_to_slices(item["label"], image_size, "nearest", 0.0)[keep].round())
+            label = _to_slices(item["label"], image_size, "nearest", 0.0)[keep].round() if labelled[i] else None
+            labels.append(torch.full((int(keep.sum()), 1, *image.shape[2:]), float(missing_label)) if label is None else label)
     out = {"image": _plain_cat(images), "subject": torch.cat(subjects)}
     if with_label:
         out["label"] = _plain_cat(labels)
@@ -98,10 +111,20 @@ def load_slices(datalist: str | Path, section: str, modality: str, image_size: i
     return volume_slices(entries, modality, image_size, with_label, min_foreground, num_workers, source=f"{datalist} [{section}]", **intensity)
 
 
+def load_target_slices(datalist: str | Path, image_size: int, pseudo_labels: bool = False, num_workers: int = 0, **intensity) -> dict[str, torch.Tensor]:
+    """Stage 1's MR slices: the ``target`` section; with ``pseudo_labels``, every unlabelled MR with the
+    pseudo-labels of ``PSEUDO_SECTION`` and ``NO_LABEL`` on the slices of those without
+    (:func:`bundle.data.datalist.target_with_pseudo_labels`)."""
+    if not pseudo_labels:
+        return load_slices(datalist, "target", "mr", image_size, num_workers=num_workers, **intensity)
+    return volume_slices(target_with_pseudo_labels(datalist), "mr", image_size, with_label=True, num_workers=num_workers,
+                         source=f"{datalist} [target + pseudo-labels]", missing_label=NO_LABEL, **intensity)
+
+
 def save_slice_cache(datalist: str | Path, path: str | Path, image_size: int, num_workers: int = 0, mr_pseudo_labels: bool = False,
                      **intensity) -> dict:
     """Stage 1's slices of a datalist (``source`` CT with labels, ``target`` MR) in one xz file;
-    ``mr_pseudo_labels``: the MR of ``PSEUDO_SECTION`` with their pseudo-labels instead (for
+    ``mr_pseudo_labels``: the MR with their pseudo-labels, as :func:`load_target_slices` (for
     drl_train.yaml's ``target_pseudo_labels``).
 
     Stage 1 reads only slices, so a machine that trains it (a GPU node, a cluster job) needs
@@ -111,14 +134,16 @@ def save_slice_cache(datalist: str | Path, path: str | Path, image_size: int, nu
     """
     quantise = lambda x: ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     cache = {}
-    mr = (PSEUDO_SECTION, "mr", True) if mr_pseudo_labels else ("target", "mr", False)
-    for section, modality, with_label in (("source", "ct", True), mr):
-        entries = read_datalist(datalist, section)
-        data = volume_slices(entries, modality, image_size, with_label, num_workers=num_workers, source=f"{datalist} [{section}]", **intensity)
+    ct = read_datalist(datalist, "source")
+    mr = target_with_pseudo_labels(datalist) if mr_pseudo_labels else read_datalist(datalist, "target")
+    for entries, modality, with_label in ((ct, "ct", True), (mr, "mr", mr_pseudo_labels)):
+        source = f"{datalist} [{'source' if modality == 'ct' else 'target + pseudo-labels' if with_label else 'target'}]"
+        data = volume_slices(entries, modality, image_size, with_label, num_workers=num_workers, source=source,
+                             missing_label=NO_LABEL if modality == "mr" else None, **intensity)
         cache[modality] = {"image": quantise(data["image"]), "subject": data["subject"],
                            "names": [e.get("subject") or Path(e["image"]).name for e in entries]}
         if with_label:
-            cache[modality]["label"] = data["label"].to(torch.uint8)
+            cache[modality]["label"] = torch.where(data["label"] == NO_LABEL, CACHE_NO_LABEL, data["label"]).to(torch.uint8)
     buffer = io.BytesIO()
     torch.save(cache, buffer)
     with atomic_outputs([Path(path)]) as (tmp,):
@@ -143,7 +168,8 @@ def load_slice_cache(path: str | Path, modality: str, with_label: bool = False, 
     keep = torch.isin(cache["subject"], torch.tensor([i for i, name in enumerate(names) if name in wanted]))  # every volume of a subject (MR phases)
     out = {"image": cache["image"][keep].float() / 127.5 - 1, "subject": cache["subject"][keep]}
     if with_label:
-        out["label"] = cache["label"][keep].float()
+        label = cache["label"][keep]
+        out["label"] = torch.where(label == CACHE_NO_LABEL, NO_LABEL, label.float())
     return out
 
 
