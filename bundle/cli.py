@@ -116,11 +116,14 @@ def per_rank_batch(batch_size: int) -> int:
     return int(batch_size) // world
 
 
-def end_distributed() -> None:
-    """Leave the process group, if any (configs' ``finalize``), once every rank is there: rank 0
-    still validates and writes the weights after the last step, and a rank that tore down its
-    gloo connections meanwhile could abort at exit (CI saw one 'terminate called without an
-    active exception' on rank 1 of the two-process CycleGAN run)."""
+def end_distributed(wait: bool = True) -> None:
+    """Leave the process group, if any (configs' ``finalize``), with ``wait`` once every rank is
+    there: after training's last step rank 0 still validates and writes the weights, and a rank
+    that tore down its gloo connections meanwhile could abort at exit (CI saw one 'terminate
+    called without an active exception' on rank 1 of the two-process CycleGAN run). Inference
+    does not wait: its ranks already met to gather the cases, and rank 0 alone then raises if a
+    case failed, which would leave the others waiting for it."""
     if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+        if wait:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()
