@@ -32,6 +32,7 @@ import csv
 import io
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -87,8 +88,8 @@ TEACHERS = {"unet_ct_rand_st": ("unet_ct_rand",), "unet_ct_rand_st2": ("unet_ct_
             "dadr_style_st": ("unet_ct_rand", "dadr_style")}  # self-trained model -> the models whose masks it learns
 STAGE1_TEACHERS = TEACHERS["agreement_st"]  # --stage1_pseudo_labels: stage 1 learns the MR where agreement_st's teachers agree
 # the dual path (inference.yaml --adaptation dual): no training of its own, the weights of a content-path model and of a
-# UNet on the images, joined (bundle.networks.join_dual_path); its wall time is theirs. Joined once: a member retrained
-# later (its folder deleted) needs the dual path's folder deleted too
+# UNet on the images, joined (bundle.networks.join_dual_path); its wall time is theirs. Joined again (and tested again)
+# when a member's weights are newer than those it was joined from
 DUAL_PATH = {"dadr_dual_st": ("dadr_agreement_st", "agreement_st")}
 MODELS["dadr_dual_st"] = ({"adaptation": "dual"}, "dual")
 EXPERIMENTS = {  # model -> the held-out modalities it is tested on
@@ -161,12 +162,14 @@ def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[d
         model_dir = fold_dir / model
         if model in DUAL_PATH:
             members = [_model_path(fold_dir / m, train(m)) for m in DUAL_PATH[model]]
-            if not _trained(model_dir):
-                model_dir.mkdir(parents=True, exist_ok=True)
+            joined_from = {str(path): path.stat().st_mtime_ns for path in members}
+            if not _trained(model_dir) or json.loads((model_dir / "trained").read_text()).get("members") != joined_from:
+                shutil.rmtree(model_dir, ignore_errors=True)  # first join, or a member retrained since: join and test again
+                model_dir.mkdir(parents=True)
                 with atomic_outputs([model_dir / "model.pt"]) as (tmp,):
                     torch.save(join_dual_path(*members), tmp)
                 seconds = [_train_seconds(fold_dir / m) for m in DUAL_PATH[model]]
-                _write_json(model_dir / "trained", {"train_seconds": None if None in seconds else round(sum(seconds), 1)})
+                _write_json(model_dir / "trained", {"train_seconds": None if None in seconds else round(sum(seconds), 1), "members": joined_from})
             return {}
         overrides = _stage2_overrides(model, settings, sections)
         if not _trained(model_dir):

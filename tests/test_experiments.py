@@ -300,7 +300,8 @@ def test_dadr_experiment_with_the_task_aware_content_space(phantoms, tmp_path, m
 def test_stage1_learns_the_mr_where_the_teachers_agree(phantoms, tmp_path, monkeypatch):
     """``--stage1_pseudo_labels True``: the two teachers train first, their agreed masks of the fold's
     training MR (never a test image) are stage 1's MR pseudo-labels, and stage 1 logs the MR task term.
-    The dual path joins the two students of those teachers (content path, images) and is tested as one."""
+    The dual path joins the two students of those teachers (content path, images) and is tested as one,
+    joined and tested again when a member is retrained."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     import bundle.self_training as self_training
@@ -337,6 +338,14 @@ def test_stage1_learns_the_mr_where_the_teachers_agree(phantoms, tmp_path, monke
     (fold / "results.json").unlink()
     run_experiments(phantoms / "datalist.json", out, models=dual, stage1_pseudo_labels=True, task_weight=1.0, **settings)
     assert (fold / "drl" / "drl.pt").is_file() and (fold / "drl" / "datalist.json").stat().st_mtime_ns == labelled
+    tested = (fold / "dadr_dual_st" / "test_mr" / "metrics.json").stat().st_mtime_ns
+    retrained = {k: v * 0.5 if k.startswith("unet.") else v for k, v in members[1].items()}  # agreement_st trained again
+    torch.save(retrained, fold / "agreement_st" / "model.pt")
+    (fold / "results.json").unlink()
+    run_experiments(phantoms / "datalist.json", out, models=dual, stage1_pseudo_labels=True, task_weight=1.0, **settings)
+    joined = torch.load(fold / "dadr_dual_st" / "model.pt", weights_only=True)
+    assert all(torch.equal(joined["image_" + k], v) for k, v in retrained.items() if k.startswith("unet."))
+    assert (fold / "dadr_dual_st" / "test_mr" / "metrics.json").stat().st_mtime_ns > tested
 
 
 def test_experiments_script_names_a_bad_datalist(tmp_path):
