@@ -9,6 +9,7 @@
 # training MR with the agreed masks of its teachers: the fold_k/drl/datalist.json that the runner writes with
 # --stage1_pseudo_labels True --split_source False (all 30 CT, as slices128.pt.xz) before its CPU stage 1 (stop it there):
 #   python scripts/prepare_data.py slice_cache --datalist RUN/dadr/fold_0/drl/datalist.json --mr_pseudo_labels True --out .gpu/slices128_pseudo_f0.pt.xz
+# and pseudo_all (the shipped model's stage 1: all 10 MR) from OUT/datalist.json of scripts/self_train.py --out OUT.
 # Run there:  OUT=<folder for results> [RUNS="paper_f0 ..."] [MIN=6] bash scripts/gpu/stage1_folds.sh
 # OUT receives <run>.pt (the content path in float16: what stage 2 reads), summary.txt and logs.tgz.
 set -u
@@ -32,7 +33,7 @@ train() {  # name cache subjects options...
   echo "$name rc=$? $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt
 }
 RUNS=${RUNS:-"paper_f0 paper_f1 ours_f0 ours_f1 ours_all"}
-declare -A SUBJECTS=([paper_f0]="$F0" [paper_f1]="$F1" [ours_f0]="$F0" [ours_f1]="$F1" [ours_all]=None [pseudo_f0]=None [pseudo_f1]=None)
+declare -A SUBJECTS=([paper_f0]="$F0" [paper_f1]="$F1" [ours_f0]="$F0" [ours_f1]="$F1" [ours_all]=None [pseudo_f0]=None [pseudo_f1]=None [pseudo_all]=None)
 for n in $RUNS; do
   cache=.gpu/slices128.pt.xz
   case $n in paper_*) options=$PAPER ;; pseudo_*) options="$OURS --target_pseudo_labels True"; cache=.gpu/slices128_$n.pt.xz ;; *) options=$OURS ;; esac
