@@ -96,6 +96,9 @@ def test_dual_path_averages_the_probabilities_of_its_two_unets_and_refuses_misma
         assert torch.allclose(dual.segment_with_content(x)[1], content.segment_with_content(x)[1])  # DADR's content-only image
         y = torch.rand(3, 1, 40, 72) * 2 - 1
         assert dual(y).shape == (3, 2, 40, 72) and torch.allclose(torch.jit.script(dual)(y), dual(y), atol=1e-5)
+    parser.update({"adaptation": "dadr"})
+    with pytest.raises(DataError, match=r"dual.pt.*a model with a content path and a UNet on the images \(--adaptation dual\)"):
+        load_model(parser.get_parsed_content("network_def", lazy=False), tmp_path / "dual.pt")
     with pytest.raises(DataError, match="image.pt.*is not a single DADR model"):
         join_dual_path(tmp_path / "image.pt", tmp_path / "image.pt")
     with pytest.raises(DataError, match="dual.pt.*is not a single DADR model"):
@@ -263,6 +266,11 @@ def test_ckpt_export_and_verify_net_in_out(weights, tmp_path):
     x = torch.rand(2, 1, 48, 64) * 2 - 1
     with torch.no_grad():
         assert torch.allclose(scripted(x), network.eval()(x), atol=1e-5)
+    # MONAI's export loads non-strictly: the recorded paths still refuse another composition
+    with pytest.raises(RuntimeError, match=r"a model with a content path \(--adaptation dadr\), but this configuration builds one with a UNet"):
+        ckpt_export("network_def", filepath=str(tmp_path / "wrong.ts"), ckpt_file=str(weights / "model.pt"),
+                    meta_file=str(ROOT / "configs/metadata.json"), config_file=str(ROOT / "configs/inference.yaml"), **overrides | {"adaptation": "none"})
+    assert not (tmp_path / "wrong.ts").exists()
 
 
 def test_ship_weights_halves_both_files_all_or_nothing(weights, tmp_path):

@@ -22,7 +22,7 @@ from bundle.networks.content_only import ContentOnly
 from bundle.networks.geometry import from_square, to_square
 from bundle.networks.trained_for import TrainedFor
 
-__all__ = ["LiverSegmenter", "join_dual_path", "load_drl_weights", "load_model", "read_weights"]
+__all__ = ["LiverSegmenter", "describe_paths", "join_dual_path", "load_drl_weights", "load_model", "read_weights"]
 
 
 class LiverSegmenter(nn.Module):
@@ -59,6 +59,20 @@ class LiverSegmenter(nn.Module):
         self.unet = unet if unet is not None else UNet(2, 1, 2, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2)
         self.image_unet = image_unet
         self.trained_for = TrainedFor(image_size, ct_window, mr_percentiles)
+        # which paths the weights are for, saved with them: loading them into another composition is
+        # an error even where MONAI loads non-strictly (ckpt_export's copy_model_state)
+        has_content = not isinstance(self.content_path, nn.Identity)
+        self.register_buffer("paths", torch.tensor([has_content, image_unet is not None], dtype=torch.uint8))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs) -> None:
+        key = prefix + "paths"
+        if key not in state_dict:  # weights saved before the paths were recorded: the keys alone tell
+            state_dict[key] = self.paths.clone()
+        elif not torch.equal(state_dict[key].cpu().to(torch.uint8), self.paths.cpu()):
+            error_msgs.append(f"the weights are a model with {describe_paths(state_dict[key])}, but this configuration builds one with "
+                              f"{describe_paths(self.paths)}: pass the --adaptation the model was trained for")
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def train(self, mode: bool = True) -> "LiverSegmenter":
         super().train(mode)
@@ -90,6 +104,14 @@ class LiverSegmenter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return from_square(self._square(x)[0], x.shape[-2], x.shape[-1])
+
+
+def describe_paths(paths: torch.Tensor) -> str:
+    """A ``LiverSegmenter``'s recorded ``paths`` in words, with the inference adaptation that builds them."""
+    content, image = (bool(v) for v in paths)
+    if content and image:
+        return "a content path and a UNet on the images (--adaptation dual)"
+    return "a content path (--adaptation dadr)" if content else "a UNet on the images alone (--adaptation none)"
 
 
 def load_drl_weights(network: LiverSegmenter, drl_path: str | Path) -> LiverSegmenter:
@@ -137,7 +159,7 @@ def join_dual_path(content_model: str | Path, image_model: str | Path) -> dict[s
     if shapes[0] != shapes[1]:
         raise DataError(image_model, f"has another UNet than {content_model} (--unet_channels, --context_slices, --out_channels): "
                                      "the dual path's two UNets have one shape")
-    return content | {"image_" + k: v for k, v in image.items() if k.startswith("unet.")}
+    return content | {"image_" + k: v for k, v in image.items() if k.startswith("unet.")} | {"paths": torch.tensor([1, 1], dtype=torch.uint8)}
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
