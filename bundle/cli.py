@@ -96,9 +96,11 @@ def refuse(condition: bool, name: str, why: str) -> None:
 
 
 def init_distributed(device: str | torch.device) -> bool:
-    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1): NCCL for CUDA
-    devices, gloo on CPUs. A plain ``python`` run stays one process. Returns whether distributed."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
+    """Join the process group when launched by ``torchrun`` (or any launcher that sets the variables
+    of ``env://``), one process included: NCCL for CUDA devices, gloo on CPUs. A plain ``python``
+    run stays one process. Returns whether distributed."""
+    launched = all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+    if not launched or torch.distributed.is_initialized():
         return torch.distributed.is_initialized()
     device = torch.device(device)
     if device.type == "cuda":

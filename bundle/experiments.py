@@ -29,6 +29,7 @@ fold (``results.json``) is not touched, so an interrupted run continues where it
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -89,7 +90,7 @@ TEACHERS = {"unet_ct_rand_st": ("unet_ct_rand",), "unet_ct_rand_st2": ("unet_ct_
 STAGE1_TEACHERS = TEACHERS["agreement_st"]  # --stage1_pseudo_labels: stage 1 learns the MR where agreement_st's teachers agree
 # the dual path (inference.yaml --adaptation dual): no training of its own, the weights of a content-path model and of a
 # UNet on the images, joined (bundle.networks.join_dual_path); its wall time is theirs. Joined again (and tested again)
-# when a member's weights are newer than those it was joined from
+# when a member's weights differ from those it was joined from (their SHA-256 in its marker)
 DUAL_PATH = {"dadr_dual_st": ("dadr_agreement_st", "agreement_st")}
 MODELS["dadr_dual_st"] = ({"adaptation": "dual"}, "dual")
 EXPERIMENTS = {  # model -> the held-out modalities it is tested on
@@ -162,9 +163,10 @@ def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[d
         model_dir = fold_dir / model
         if model in DUAL_PATH:
             members = [_model_path(fold_dir / m, train(m)) for m in DUAL_PATH[model]]
-            joined_from = {str(path): path.stat().st_mtime_ns for path in members}
-            if not _trained(model_dir) or json.loads((model_dir / "trained").read_text()).get("members") != joined_from:
-                shutil.rmtree(model_dir, ignore_errors=True)  # first join, or a member retrained since: join and test again
+            joined_from = {m: hashlib.sha256(path.read_bytes()).hexdigest() for m, path in zip(DUAL_PATH[model], members)}
+            if _marker(model_dir).get("members") != joined_from:  # first join, or a member retrained since: join and test again
+                if model_dir.exists():
+                    shutil.rmtree(model_dir)
                 model_dir.mkdir(parents=True)
                 with atomic_outputs([model_dir / "model.pt"]) as (tmp,):
                     torch.save(join_dual_path(*members), tmp)
@@ -223,12 +225,18 @@ def _pseudo_datalist(fold_dir: Path, model_dir: Path, teachers: tuple[str, ...],
     return pseudo_labelled_datalist(sections, models, model_dir, sizes, amp=settings["amp"])
 
 
+def _marker(model_dir: Path) -> dict:
+    """The ``trained`` marker of ``model_dir``: what its training recorded; ``{}`` if none or unreadable."""
+    try:
+        marker = json.loads((model_dir / "trained").read_text())
+    except (OSError, ValueError):
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
 def _train_seconds(model_dir: Path) -> float | None:
     """Wall time of the model's training (recorded in its ``trained`` marker; older runs have none)."""
-    try:
-        return json.loads((model_dir / "trained").read_text())["train_seconds"]
-    except (ValueError, KeyError, TypeError):
-        return None
+    return _marker(model_dir).get("train_seconds")
 
 
 ADDED_SETTINGS = {"task_weight": 0.0, "models": None, "paper_stage1": False, "pseudo_repeat": 1, "stage1_pseudo_labels": False}  # settings newer than some recorded runs, at the value those runs used
@@ -312,7 +320,7 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
             finished them, and ``results.md`` names the folds it holds. ``None``: every fold.
         stage1_pseudo_labels: stage 1's task term also on the fold's training MR, against the masks where
             ``STAGE1_TEACHERS`` (trained first, without MR labels) agree (drl_train.yaml ``target_pseudo_labels``):
-            stage 1 then sees only the MR whose masks passed the filters; needs ``task_weight`` > 0.
+            stage 1 adapts to every training MR and segments those whose masks passed the filters; needs ``task_weight`` > 0.
     """
     out = Path(out)
     figures, split_source, organs = flag(figures, "figures"), flag(split_source, "split_source"), flag(organs, "organs")

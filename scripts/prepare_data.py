@@ -34,7 +34,8 @@ class PrepareData:
     def slice_cache(self, datalist: str, out: str, image_size: int = 128, num_workers: int = 2, mr_pseudo_labels: bool = False) -> None:
         """Stage 1's CT (with labels) and MR slices of DATALIST in one file, for a machine that trains
         stage 1 without the volumes or SimpleITK (drl_train.yaml --slice_cache FILE); --mr_pseudo_labels True:
-        the MR of a self-training datalist's pseudo-labelled section, with their labels (--target_pseudo_labels True)."""
+        every target MR with its pseudo-label from a self-training datalist's pseudo-labelled section, where it has one
+        (--target_pseudo_labels True)."""
         counts = slices.save_slice_cache(datalist, out, image_size, num_workers, mr_pseudo_labels=flag(mr_pseudo_labels, "mr_pseudo_labels"))
         print(f"{out}: " + ", ".join(f"{m}={n} slices" for m, n in counts.items()))
 

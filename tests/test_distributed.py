@@ -20,9 +20,9 @@ STAGE2 = ["--image_size", "64", "--dim", "8", "--n_res", "2", "--mlp_dim", "32",
           "--optimizer#_target_", "torch.optim.SGD", "--loss#lambda_dice", "0", "--train#augmentation#transforms", "[]"]
 
 
-def torchrun(configs: list[str], *args: str) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node=2 -m monai.bundle run training`` with ``configs``."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run", "training",
+def torchrun(configs: list[str], *args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=<nproc> -m monai.bundle run training`` with ``configs``."""
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "-m", "monai.bundle", "run", "training",
                "--config_file", str(configs), *map(str, args)]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, f"stdout: ...{result.stdout[-2000:]}\nstderr: ...{result.stderr[-3000:]}"  # the logs say when it failed
@@ -41,6 +41,14 @@ def test_stage1_on_two_processes(tmp_path):
              "--drl_path", tmp_path / "drl.pt", "--phantom_subjects", "2", "--max_iterations", "20", *SMALL_GAN)
     assert (tmp_path / "drl.pt").is_file()
     assert sorted(p.name for p in (tmp_path / "out/checkpoints").iterdir()) == ["drl_checkpoint_10.pt", "drl_checkpoint_5.pt"]
+
+
+def test_stage1_torchrun_config_on_one_process(tmp_path):
+    """--nproc_per_node=1 (one GPU of a node) still forms a process group: DDP and the sampler need one."""
+    torchrun(["configs/drl_train.yaml", "configs/multi_gpu_drl_train.yaml"], "--dataset_dir", tmp_path / "data", "--output_dir", tmp_path / "out",
+             "--drl_path", tmp_path / "drl.pt", "--phantom_subjects", "2", "--max_iterations", "5", *SMALL_GAN[:8], "--val_interval", "5",
+             "--n_val_slices", "4", nproc=1)
+    assert (tmp_path / "drl.pt").is_file()
 
 
 def test_stage1_under_torchrun_refuses_a_time_limit_it_cannot_keep(tmp_path):

@@ -120,6 +120,7 @@ def test_mr_without_pseudo_labels_still_adapt_and_the_task_term_leaves_their_sli
     from monai.networks.nets import UNet
 
     from bundle.data.slices import load_slice_cache, save_slice_cache
+    from bundle.errors import DataError
 
     datalist = json.loads((phantoms / "datalist.json").read_text())
     absolute = {k: [{**e, **{f: str(phantoms / e[f]) for f in ("image", "label") if f in e}} for e in v] for k, v in datalist.items()}
@@ -135,6 +136,9 @@ def test_mr_without_pseudo_labels_still_adapt_and_the_task_term_leaves_their_sli
     assert (~first).any() and (mr["label"][~first] == NO_LABEL).all()
     save_slice_cache(pseudo, tmp_path / "pseudo.pt.xz", 64, mr_pseudo_labels=True)
     assert torch.equal(load_slice_cache(tmp_path / "pseudo.pt.xz", "mr", with_label=True)["label"], mr["label"])
+    others = [e.get("subject") or Path(e["image"]).name for e in absolute["target"][1:]]
+    with pytest.raises(DataError, match="none of them kept a pseudo-label"):  # a fold of MR without one: no task term to train
+        load_slice_cache(tmp_path / "pseudo.pt.xz", "mr", with_label=True, subjects=others)
 
     torch.manual_seed(0)
     network = DRLModule(dim=8, n_res=2, mlp_dim=32, task_segmenter=UNet(2, 1, 2, channels=(8, 16), strides=(2,)))

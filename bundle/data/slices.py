@@ -66,7 +66,7 @@ def volume_slices(entries: list[dict], modality: str, image_size: int, with_labe
     """All usable axial slices of the volumes ``entries`` (dicts with ``image`` [and ``label``] paths).
 
     Returns ``{"image": (N,C,S,S), "subject": (N,) index into entries}`` (C = 1 + 2 * ``context_slices``) and ``"label"`` (N,1,S,S,
-    the label map's class ids: 0/1 for a liver mask) when ``with_label``. Slices where less than ``min_foreground`` of the pixels are above the
+    the label map's class ids: 0/1 for a liver mask; ``missing_label`` for entries without one) when ``with_label``. Slices where less than ``min_foreground`` of the pixels are above the
     background (-1) are dropped: they teach nothing about anatomy. ``source`` names the entries'
     origin in errors; ``ct_window``, ``mr_percentiles`` and ``context_slices`` as in :func:`volume_transform`.
     ``missing_label``: the label of every slice of an entry without one (``None``: each must have one).
@@ -111,14 +111,20 @@ def load_slices(datalist: str | Path, section: str, modality: str, image_size: i
     return volume_slices(entries, modality, image_size, with_label, min_foreground, num_workers, source=f"{datalist} [{section}]", **intensity)
 
 
+def _target_entries(datalist: str | Path, pseudo_labels: bool) -> tuple[list[dict], str]:
+    """Stage 1's MR volumes and their origin for errors: ``target``; with ``pseudo_labels`` every
+    unlabelled MR with its pseudo-label where it has one (``target_with_pseudo_labels``)."""
+    if pseudo_labels:
+        return target_with_pseudo_labels(datalist), f"{datalist} [target + pseudo-labels]"
+    return read_datalist(datalist, "target"), f"{datalist} [target]"
+
+
 def load_target_slices(datalist: str | Path, image_size: int, pseudo_labels: bool = False, num_workers: int = 0, **intensity) -> dict[str, torch.Tensor]:
     """Stage 1's MR slices: the ``target`` section; with ``pseudo_labels``, every unlabelled MR with the
-    pseudo-labels of ``PSEUDO_SECTION`` and ``NO_LABEL`` on the slices of those without
-    (:func:`bundle.data.datalist.target_with_pseudo_labels`)."""
-    if not pseudo_labels:
-        return load_slices(datalist, "target", "mr", image_size, num_workers=num_workers, **intensity)
-    return volume_slices(target_with_pseudo_labels(datalist), "mr", image_size, with_label=True, num_workers=num_workers,
-                         source=f"{datalist} [target + pseudo-labels]", missing_label=NO_LABEL, **intensity)
+    pseudo-labels of ``PSEUDO_SECTION`` and ``NO_LABEL`` on the slices of those without."""
+    entries, source = _target_entries(datalist, pseudo_labels)
+    return volume_slices(entries, "mr", image_size, with_label=pseudo_labels, num_workers=num_workers, source=source,
+                         missing_label=NO_LABEL, **intensity)
 
 
 def save_slice_cache(datalist: str | Path, path: str | Path, image_size: int, num_workers: int = 0, mr_pseudo_labels: bool = False,
@@ -134,12 +140,11 @@ def save_slice_cache(datalist: str | Path, path: str | Path, image_size: int, nu
     """
     quantise = lambda x: ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     cache = {}
-    ct = read_datalist(datalist, "source")
-    mr = target_with_pseudo_labels(datalist) if mr_pseudo_labels else read_datalist(datalist, "target")
-    for entries, modality, with_label in ((ct, "ct", True), (mr, "mr", mr_pseudo_labels)):
-        source = f"{datalist} [{'source' if modality == 'ct' else 'target + pseudo-labels' if with_label else 'target'}]"
+    ct = (read_datalist(datalist, "source"), f"{datalist} [source]", "ct", True, None)
+    mr = (*_target_entries(datalist, mr_pseudo_labels), "mr", mr_pseudo_labels, NO_LABEL)
+    for entries, source, modality, with_label, missing_label in (ct, mr):
         data = volume_slices(entries, modality, image_size, with_label, num_workers=num_workers, source=source,
-                             missing_label=NO_LABEL if modality == "mr" else None, **intensity)
+                             missing_label=missing_label, **intensity)
         cache[modality] = {"image": quantise(data["image"]), "subject": data["subject"],
                            "names": [e.get("subject") or Path(e["image"]).name for e in entries]}
         if with_label:
@@ -169,6 +174,8 @@ def load_slice_cache(path: str | Path, modality: str, with_label: bool = False, 
     out = {"image": cache["image"][keep].float() / 127.5 - 1, "subject": cache["subject"][keep]}
     if with_label:
         label = cache["label"][keep]
+        if (label == CACHE_NO_LABEL).all():
+            raise DataError(path, f"has no {modality.upper()} label for {', '.join(wanted)}: none of them kept a pseudo-label")
         out["label"] = torch.where(label == CACHE_NO_LABEL, NO_LABEL, label.float())
     return out
 
@@ -187,7 +194,7 @@ class UnpairedSlices(Dataset):
         seed: random seed.
         source_label: the CT slices' labels (N, 1, S, S), item key ``ct_label`` (the task-aware
             content space), or ``None``.
-        target_label: the MR slices' pseudo-labels (M, 1, S, S), item key ``mr_label``, or
+        target_label: the MR slices' pseudo-labels (M, 1, S, S; ``NO_LABEL`` on the slices of MR without one), item key ``mr_label``, or
             ``None``: masks of teachers trained without MR labels (what the runner and
             scripts/self_train.py write); MR ground truth here would make stage 1 supervised.
     """

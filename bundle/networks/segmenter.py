@@ -60,7 +60,7 @@ class LiverSegmenter(nn.Module):
         self.image_unet = image_unet
         self.trained_for = TrainedFor(image_size, ct_window, mr_percentiles)
         # which paths the weights are for, saved with them: loading them into another composition is
-        # an error even where MONAI loads non-strictly (ckpt_export's copy_model_state)
+        # an error that says so, even in a non-strict load (MONAI's copy_model_state)
         has_content = not isinstance(self.content_path, nn.Identity)
         self.register_buffer("paths", torch.tensor([has_content, image_unet is not None], dtype=torch.uint8))
 
