@@ -10,11 +10,14 @@
 # --stage1_pseudo_labels True --split_source False (all 30 CT, as slices128.pt.xz) before its CPU stage 1 (stop it there):
 #   python scripts/prepare_data.py slice_cache --datalist RUN/dadr/fold_0/drl/datalist.json --mr_pseudo_labels True --out .gpu/slices128_pseudo_f0.pt.xz
 # and pseudo_all (the shipped model's stage 1: all 10 MR) from OUT/datalist.json of scripts/self_train.py --out OUT.
-# Run there:  OUT=<folder for results> [RUNS="paper_f0 ..."] [MIN=6] bash scripts/gpu/stage1_folds.sh
+# Run there:  OUT=<folder for results> [RUNS="paper_f0 ..."] [MIN=6 | ITERS=10000] bash scripts/gpu/stage1_folds.sh
+# ITERS: each run stops after that many iterations instead of MIN minutes, a multiple of the validation interval
+# (500; 10000: the CPU runs of docs/RESULTS.md).
 # OUT receives <run>.pt (the content path in float16: what stage 2 reads), summary.txt and logs.tgz.
 set -u
 T0=$(date +%s)
 MIN=${MIN:-6}
+LENGTH="--max_iterations 200000 --max_minutes $MIN"; [ -z "${ITERS:-}" ] || LENGTH="--max_iterations $ITERS"
 PY=${PY:-python3}
 [ -n "${SKIP_PIP:-}" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/whl/*.whl || exit 3
 export PYTHONPATH=/tmp/site:$PWD/scripts/gpu:$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
@@ -28,8 +31,8 @@ R=${R:-/tmp/runs}; mkdir -p $R
 train() {  # name cache subjects options...
   local name=$1 cache=$2 subjects=$3; shift 3
   $PY -m monai.bundle run training --config_file configs/drl_train.yaml --image_size 128 --dim 32 --amp bfloat16 \
-    --slice_cache $cache --cache_target_subjects "$subjects" --max_iterations 200000 --lr_step 200000 \
-    --val_interval 500 --max_minutes $MIN --output_dir $R/$name "$@" > $R/$name.log 2>&1
+    --slice_cache $cache --cache_target_subjects "$subjects" $LENGTH --lr_step 200000 \
+    --val_interval 500 --output_dir $R/$name "$@" > $R/$name.log 2>&1
   echo "$name rc=$? $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt
 }
 RUNS=${RUNS:-"paper_f0 paper_f1 ours_f0 ours_f1 ours_all"}
