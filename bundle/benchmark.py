@@ -116,7 +116,8 @@ def benchmark_drl(size: int = 128, dim: int = 64, batch: int = 1, iters: int = 1
     (n_down 2, n_res 4, style 8, MLP 256, 3-scale discriminators with 4 layers), 1-channel images.
 
     ``channels_last``: ``None`` follows drl_train.yaml (on CUDA only).
-    Returns ``{"times": [...], "median": s, "peak_mem_mb": MB, "gflop": GFLOP per iteration, "channels_last": bool}``
+    Returns ``{"times": [...], "median": s, "peak_mem_mb": MB, "gflop": GFLOP per iteration, "channels_last": bool,
+    "amp": the autocast dtype that ran}`` (float32, ``None``, for bfloat16 on a CPU without it: ``bundle.precision``)
     (convolutions and matrix products, forward and backward, counted by torch's ``FlopCounterMode``
     on one extra, untimed iteration); with ``profile``, also ``"profile"``: torch.profiler's
     table of the operators that took the most time over ``iters`` further iterations. With
@@ -151,7 +152,8 @@ def benchmark_drl(size: int = 128, dim: int = 64, batch: int = 1, iters: int = 1
     with FlopCounterMode(display=False) as counter:
         trainer._iteration(trainer, batch_data)
     result = {"times": times, "median": statistics.median(times), "peak_mem_mb": peak, "gflop": counter.get_total_flops() / 1e9,
-              "channels_last": channels_last, "compiled": trainer.compiled}
+              "channels_last": channels_last, "compiled": trainer.compiled,
+              "amp": None if trainer.amp_dtype is None else str(trainer.amp_dtype).removeprefix("torch.")}
     if reference_times:
         result |= {"reference_times": reference_times, "reference_median": statistics.median(reference_times),
                    "speedup": statistics.median(reference_times) / result["median"]}

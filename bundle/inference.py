@@ -25,6 +25,7 @@ from bundle.atomic import atomic_outputs, check_writable_dir
 from bundle.data.readers import IMAGE_SUFFIXES, case_name
 from bundle.errors import DataError, unwrap_data_error
 from bundle.networks.segmenter import LiverSegmenter
+from bundle.precision import autocast_dtype
 
 __all__ = ["find_volumes", "SegmentVolumes", "OUTPUT_SUFFIXES"]
 
@@ -79,7 +80,7 @@ class SegmentVolumes:
         output_dir: folder for the results (created).
         device: where the network runs.
         amp: ``bfloat16`` autocast for the network (about twice as fast on CPUs with bfloat16
-            arithmetic; a few boundary voxels may differ from float32), or ``None``.
+            arithmetic, float32 on the others; a few boundary voxels may differ from float32), or ``None``.
         uncertainty: write the inferer's third output as ``<case>_uncertainty.nii.gz``.
         num_workers: threads that read the next cases (this many ahead) and write finished ones
             while the network runs; 0: one step after the other.
@@ -109,7 +110,8 @@ class SegmentVolumes:
     def _infer(self, data: dict) -> tuple[dict[str, np.ndarray], np.ndarray]:
         self.network.eval()
         image = data["image"].to(self.device)[None]
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp is not None):
+        dtype = autocast_dtype(self.amp, self.device)
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             logits, content, *rest = self.inferer(image, self.network.segment_with_content)
         data["pred"], data["content"] = logits[0].float().cpu(), content[0].float().cpu()
         if self.uncertainty:

@@ -1,8 +1,9 @@
 """Inferers: mixed precision for MONAI's engines on any device, and a test-time ensemble.
 
 MONAI's ``SupervisedTrainer`` and ``SupervisedEvaluator`` autocast on CUDA only (``amp=True``);
-on a CPU, bfloat16 autocast trains the UNet as well as float32 and 1.5-2x faster. The engines
-call their inferer around the network, so autocast lives here.
+on a CPU, bfloat16 autocast trains the UNet as well as float32 and 1.5-2x faster (where the CPU
+has bfloat16 arithmetic: ``bundle.precision``). The engines call their inferer around the
+network, so autocast lives here.
 
 ``EnsembleInferer`` averages the class probabilities of a volume under several contrasts (and,
 for DADR, several sampled CT style codes of the content-only image) and measures their
@@ -21,10 +22,9 @@ from monai.inferers import SimpleInferer
 from torch import nn
 
 from bundle.networks.content_only import ContentOnly
+from bundle.precision import autocast_dtype
 
-__all__ = ["AMP_DTYPES", "AutocastInferer", "EnsembleInferer"]
-
-AMP_DTYPES = {"bfloat16": torch.bfloat16}  # float16 would need gradient scaling, which an inferer cannot do
+__all__ = ["AutocastInferer", "EnsembleInferer"]
 
 
 class AutocastInferer(SimpleInferer):
@@ -32,19 +32,22 @@ class AutocastInferer(SimpleInferer):
     so losses and metrics are computed in full precision.
 
     Args:
-        amp: ``bfloat16`` or ``None`` (no autocast: a plain ``SimpleInferer``).
+        amp: ``bfloat16`` or ``None`` (no autocast: a plain ``SimpleInferer``; also on a CPU
+            without bfloat16 arithmetic). float16 would need gradient scaling, which an inferer
+            cannot do.
     """
 
     def __init__(self, amp: str | None = None) -> None:
         super().__init__()
-        if amp is not None and amp not in AMP_DTYPES:
-            raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)} or None, got {amp!r}")
-        self.dtype = AMP_DTYPES.get(amp) if amp else None
+        if amp not in (None, "bfloat16"):
+            raise ValueError(f"amp must be 'bfloat16' or None, got {amp!r}")
+        self.amp = amp
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.dtype is None:
+        dtype = autocast_dtype(self.amp, inputs.device)
+        if dtype is None:
             return network(inputs, *args, **kwargs)
-        with torch.autocast(inputs.device.type, dtype=self.dtype):
+        with torch.autocast(inputs.device.type, dtype=dtype):
             out = network(inputs, *args, **kwargs)
         return out.float()
 

@@ -42,7 +42,7 @@ class Benchmark:
                                reference=reference, compile=flag(compile, "compile"))
         if "profile" in result:
             print(result["profile"])
-        print(f"size={size} dim={dim} batch={batch} amp={amp} channels_last={result['channels_last']} compiled={result['compiled']} "
+        print(f"size={size} dim={dim} batch={batch} amp={result['amp'] or 'float32'} channels_last={result['channels_last']} compiled={result['compiled']} "
               f"threads={torch.get_num_threads()} "
               f"times=[{', '.join(f'{t:.3f}' for t in result['times'])}]")
         if "reference_times" in result:

@@ -44,5 +44,5 @@ def test_autocast_inferer_returns_float32_close_to_full_precision():
         full, mixed = AutocastInferer()(x, net), AutocastInferer("bfloat16")(x, net)
     assert mixed.dtype == torch.float32 and mixed.shape == full.shape
     assert (mixed - full).abs().max() < 0.1 * full.abs().max()
-    with pytest.raises(ValueError, match="amp must be one of"):
+    with pytest.raises(ValueError, match="amp must be 'bfloat16' or None"):
         AutocastInferer("float16")

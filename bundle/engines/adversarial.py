@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from bundle.engines.compile import compile_modules
 from bundle.losses import AdversarialLoss
+from bundle.precision import autocast_dtype
 
 __all__ = ["AdversarialTrainer", "unwrap"]
 
@@ -50,7 +51,8 @@ class AdversarialTrainer(Trainer):
         epoch_length: iterations per epoch (default: the loader's length).
         seed: the random numbers of iteration ``i`` come from ``seed``, ``i`` (and the torchrun
             rank) only, so a resumed run draws the same numbers as an uninterrupted one.
-        amp_dtype: ``None``, ``"bfloat16"`` or ``"float16"`` autocast (float16 uses gradient scaling).
+        amp_dtype: ``None``, ``"bfloat16"`` or ``"float16"`` autocast (float16 uses gradient scaling; bfloat16
+            falls back to float32 on a CPU without bfloat16 arithmetic, ``bundle.precision``).
         channels_last: channels-last memory format for inputs (pair with a channels-last model).
         compile: ``torch.compile`` the network and each discriminator in place (eager where it is
             unavailable; ``compiled`` says which).
@@ -87,9 +89,7 @@ class AdversarialTrainer(Trainer):
         self.loss = loss
         self.adversarial = AdversarialLoss() if adversarial is None else adversarial
         self.seed = seed
-        if amp_dtype not in (None, "bfloat16", "float16"):
-            raise ValueError(f"amp_dtype must be None, 'bfloat16' or 'float16', got {amp_dtype!r}")
-        self.amp_dtype = None if amp_dtype is None else getattr(torch, amp_dtype)
+        self.amp_dtype = autocast_dtype(amp_dtype, device)  # None (float32) for bfloat16 on a CPU without it
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         use_scaler = self.amp_dtype == torch.float16
         self.scalers = {k: torch.amp.GradScaler(enabled=use_scaler) for k in ("d", "g")}
