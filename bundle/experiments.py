@@ -50,6 +50,7 @@ from bundle.figures import adaptation_figure, slice_grid
 from bundle.folds import LABELLED_MR_SECTIONS, fold_datalist, labelled_entries, subject, subject_folds
 from bundle.networks.segmenter import join_dual_path
 from bundle.pipeline import CONFIGS, run_cyclegan, run_evaluation, run_stage1, run_stage2
+from bundle.precision import autocast_dtype
 from bundle.self_training import PSEUDO_SECTION, pseudo_labelled_datalist
 from bundle.tables import tables
 
@@ -393,13 +394,15 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
     writer.writeheader()
     writer.writerows(all_rows)
     held = {e: sorted({r["fold"] for r in rows}) for e, rows in rows_by_experiment.items()}
-    result = {"settings": settings, "folds_in_tables": held, "tables": table_data, "rows": all_rows}
+    # what ran, beside what was asked: --amp bfloat16 runs in float32 on a CPU without bfloat16 arithmetic
+    precision = str(autocast_dtype(amp, "cuda" if torch.cuda.is_available() else "cpu") or "float32").removeprefix("torch.")
+    result = {"settings": settings, "precision": precision, "folds_in_tables": held, "tables": table_data, "rows": all_rows}
     out.mkdir(parents=True, exist_ok=True)
     with atomic_outputs([out / "results.csv", out / "results.json", out / "results.md"]) as (tmp_csv, tmp_json, tmp_md):
         tmp_csv.write_text(text.getvalue())
         tmp_json.write_text(json.dumps(result, indent=2))
         tmp_md.write_text(f"Dice mean (std) over held-out images, subject-wise cross-validation; "
-                          f"folds in the tables: {json.dumps(held)}; settings: {json.dumps(settings)}\n\n{markdown}")
+                          f"folds in the tables: {json.dumps(held)}; precision: {precision}; settings: {json.dumps(settings)}\n\n{markdown}")
     print(markdown)
     if figures and 0 in held.get("da", []):  # the figures show fold 0
         result["figures"] = [str(p) for p in experiment_figures(out, size, dim, task_weight=task_weight)]

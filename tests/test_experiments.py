@@ -23,6 +23,7 @@ from bundle.tables import TABLES
 from bundle.losses import CycleGANLoss
 from bundle.networks import CycleGAN, LiverSegmenter, PatchDiscriminators, load_style_transfer, load_translator
 from bundle.pipeline import run_cyclegan, run_stage1
+from bundle import precision
 
 SIZES = {"image_size": 64, "dim": 8}
 
@@ -177,6 +178,7 @@ def test_bounds_and_ct_only_baselines_fold_one_modality_each(phantoms, tmp_path)
     datalist = json.loads((phantoms / "datalist.json").read_text())
     mr_images = {e["image"].split("/")[-1] for e in datalist["target_labelled"] + datalist["target_test"]}
     rows = result["rows"]
+    assert result["precision"] == ("bfloat16" if precision.cpu_has_bfloat16() else "float32")  # what ran, not only what was asked
     mr_bound = [r for r in rows if r["experiment"] == "mr_bound"]
     assert sorted(r["image"].split("/")[-1] for r in mr_bound) == sorted(mr_images)  # each MR held out once
     for model in ("unet_ct", "unet_ct_rand"):
