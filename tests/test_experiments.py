@@ -379,12 +379,12 @@ def test_tables_leave_out_the_models_a_run_did_not_train():
 
 
 def test_long_gan_runs_checkpoint_at_least_every_checkpoint_iterations():
-    """A third of a short run (as before); long runs every 1000 iterations or less, losing at most
+    """A third of a short run (as before); long runs every 500 iterations or less, losing at most
     a few iterations to whole intervals."""
     from bundle.pipeline import CHECKPOINT_ITERATIONS, gan_val_interval
 
-    assert [gan_val_interval(n) for n in (4, 20, 1500, 2500, 3000)] == [1, 6, 500, 833, 1000]
+    assert [gan_val_interval(n) for n in (4, 20, 1200, 1500, 2500)] == [1, 6, 400, 500, 500]
     for n in (3500, 10000, 50001):
         interval = gan_val_interval(n)
         assert interval <= CHECKPOINT_ITERATIONS and 0 <= n - (n // interval) * interval < n // interval
-    assert gan_val_interval(10000) == 1000 and gan_val_interval(3500) == 875
+    assert gan_val_interval(10000) == 500 and gan_val_interval(1750) == 437
