@@ -8,6 +8,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PIP_ARGS ?=
 DEMO_OUT ?= demo_output
+# make test's pytest-xdist processes, 1 thread each (auto: one per core); on 2 cores 9.5 min against 14 min for
+# one process on 2 threads, the whole suite with the real data present (2026-12-06)
+TEST_WORKERS ?= auto
 REAL ?= ../shared/data/real
 REAL_OUT ?= data/real
 
@@ -26,7 +29,7 @@ demo: $(STAMP)
 	$(BIN)/python scripts/demo.py --out $(DEMO_OUT)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests
 
 verify: $(STAMP)
 	$(BIN)/python -m monai.bundle verify_metadata --meta_file configs/metadata.json --filepath configs/schema/meta_schema_20240725.json

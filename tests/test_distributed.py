@@ -22,7 +22,7 @@ STAGE2 = ["--image_size", "64", "--dim", "8", "--n_res", "2", "--mlp_dim", "32",
 
 def torchrun(configs: list[str], *args: str, nproc: int = 2) -> subprocess.CompletedProcess:
     """``torchrun --nproc_per_node=<nproc> -m monai.bundle run training`` with ``configs``."""
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "-m", "monai.bundle", "run", "training",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "monai.bundle", "run", "training",
                "--config_file", str(configs), *map(str, args)]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, f"stdout: ...{result.stdout[-2000:]}\nstderr: ...{result.stderr[-3000:]}"  # the logs say when it failed

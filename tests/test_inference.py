@@ -521,7 +521,7 @@ def test_torchrun_splits_the_cases_between_ranks_and_reports_once(phantoms, weig
         shutil.copy(path, inputs / path.name)
     (inputs / "bad_corrupt.nii.gz").write_bytes(b"not an image")
     single = run_inference(inputs, tmp_path / "single", weights / "model.pt")
-    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run", "inference",
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run", "inference",
             "--config_file", "configs/inference.yaml", "--dataset_dir", str(inputs), "--output_dir", str(tmp_path / "ranks"),
             "--model_path", str(weights / "model.pt"), "--num_workers", "2", *[a for k, v in SIZES.items() for a in (f"--{k}", str(v))]]
     ranks = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, errors="replace", timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
