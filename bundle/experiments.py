@@ -181,7 +181,7 @@ def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[d
                 overrides["datalist"] = str(_pseudo_datalist(fold_dir, model_dir, TEACHERS[model], sections, sizes, settings))
             run_stage2(fold_dir, model_dir, drl, settings["seg_epochs"], sizes, cyclegan_path=str(cyclegan), seed=settings["seed"],
                        **overrides)
-            _write_json(model_dir / "trained", {"train_seconds": round(time.perf_counter() - start, 1)})
+            _write_json(model_dir / "trained", {"train_seconds": round(time.perf_counter() - start, 1), "precision": _precision(settings["amp"])})
         return overrides
 
     if pseudo_stage1:  # the teachers first: their agreed masks of the training MR enter stage 1's task term
@@ -210,7 +210,8 @@ def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[d
                 metrics = json.loads((out / "metrics.json").read_text())
             else:
                 metrics = run_evaluation(datalist, model_path, out, sizes, adaptation=adaptation, modality=test, eval_section=TEST_SECTIONS[test])
-            rows += [{"fold": fold, "model": model, "test": test, "train_seconds": train_seconds, **row} for row in metrics["subjects"]]
+            rows += [{"fold": fold, "model": model, "test": test, "train_seconds": train_seconds, "precision": _marker(fold_dir / model).get("precision"),
+                      **row} for row in metrics["subjects"]]
     _write_json(done, rows)
     return rows
 
@@ -233,6 +234,12 @@ def _marker(model_dir: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return marker if isinstance(marker, dict) else {}
+
+
+def _precision(amp: str | None) -> str:
+    """The precision ``amp`` trains in on this machine: --amp bfloat16 is float32 on a CPU without
+    bfloat16 arithmetic. Recorded beside what was asked, since a run folder may hold models trained elsewhere."""
+    return str(autocast_dtype(amp, "cuda" if torch.cuda.is_available() else "cpu") or "float32").removeprefix("torch.")
 
 
 def _train_seconds(model_dir: Path) -> float | None:
@@ -388,14 +395,13 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
         rows_by_experiment[experiment] = rows
     table_data, markdown = tables(rows_by_experiment)
     all_rows = [{"experiment": e, **r} for e, rows in rows_by_experiment.items() for r in rows]
-    fields = ["experiment", "fold", "model", "test", "subject", "dice", "hd95_mm", "assd_mm", "train_seconds", "image"]
+    fields = ["experiment", "fold", "model", "test", "subject", "dice", "hd95_mm", "assd_mm", "train_seconds", "precision", "image"]
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(all_rows)
     held = {e: sorted({r["fold"] for r in rows}) for e, rows in rows_by_experiment.items()}
-    # what ran, beside what was asked: --amp bfloat16 runs in float32 on a CPU without bfloat16 arithmetic
-    precision = str(autocast_dtype(amp, "cuda" if torch.cuda.is_available() else "cpu") or "float32").removeprefix("torch.")
+    precision = _precision(amp)  # of this machine; each row has its model's, from its trained marker (None: older runs)
     result = {"settings": settings, "precision": precision, "folds_in_tables": held, "tables": table_data, "rows": all_rows}
     out.mkdir(parents=True, exist_ok=True)
     with atomic_outputs([out / "results.csv", out / "results.json", out / "results.md"]) as (tmp_csv, tmp_json, tmp_md):

@@ -179,6 +179,7 @@ def test_bounds_and_ct_only_baselines_fold_one_modality_each(phantoms, tmp_path)
     mr_images = {e["image"].split("/")[-1] for e in datalist["target_labelled"] + datalist["target_test"]}
     rows = result["rows"]
     assert result["precision"] == ("bfloat16" if precision.cpu_has_bfloat16() else "float32")  # what ran, not only what was asked
+    assert {r["precision"] for r in rows} == {result["precision"]}  # each model's, from its trained marker
     mr_bound = [r for r in rows if r["experiment"] == "mr_bound"]
     assert sorted(r["image"].split("/")[-1] for r in mr_bound) == sorted(mr_images)  # each MR held out once
     for model in ("unet_ct", "unet_ct_rand"):
