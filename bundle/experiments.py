@@ -50,7 +50,7 @@ from bundle.figures import adaptation_figure, slice_grid
 from bundle.folds import LABELLED_MR_SECTIONS, fold_datalist, labelled_entries, subject, subject_folds
 from bundle.networks.segmenter import join_dual_path
 from bundle.pipeline import CONFIGS, run_cyclegan, run_evaluation, run_stage1, run_stage2
-from bundle.precision import autocast_dtype
+from bundle.precision import precision_that_runs
 from bundle.self_training import PSEUDO_SECTION, pseudo_labelled_datalist
 from bundle.tables import tables
 
@@ -172,7 +172,9 @@ def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[d
                 with atomic_outputs([model_dir / "model.pt"]) as (tmp,):
                     torch.save(join_dual_path(*members), tmp)
                 seconds = [_train_seconds(fold_dir / m) for m in DUAL_PATH[model]]
-                _write_json(model_dir / "trained", {"train_seconds": None if None in seconds else round(sum(seconds), 1), "members": joined_from})
+                precisions = {_marker(fold_dir / m).get("precision") for m in DUAL_PATH[model]}
+                _write_json(model_dir / "trained", {"train_seconds": None if None in seconds else round(sum(seconds), 1), "members": joined_from,
+                                                    "precision": precisions.pop() if len(precisions) == 1 else None})
             return {}
         overrides = _stage2_overrides(model, settings, sections)
         if not _trained(model_dir):
@@ -181,7 +183,7 @@ def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[d
                 overrides["datalist"] = str(_pseudo_datalist(fold_dir, model_dir, TEACHERS[model], sections, sizes, settings))
             run_stage2(fold_dir, model_dir, drl, settings["seg_epochs"], sizes, cyclegan_path=str(cyclegan), seed=settings["seed"],
                        **overrides)
-            _write_json(model_dir / "trained", {"train_seconds": round(time.perf_counter() - start, 1), "precision": _precision(settings["amp"])})
+            _write_json(model_dir / "trained", {"train_seconds": round(time.perf_counter() - start, 1), "precision": precision_that_runs(settings["amp"])})
         return overrides
 
     if pseudo_stage1:  # the teachers first: their agreed masks of the training MR enter stage 1's task term
@@ -234,12 +236,6 @@ def _marker(model_dir: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return marker if isinstance(marker, dict) else {}
-
-
-def _precision(amp: str | None) -> str:
-    """The precision ``amp`` trains in on this machine: --amp bfloat16 is float32 on a CPU without
-    bfloat16 arithmetic. Recorded beside what was asked, since a run folder may hold models trained elsewhere."""
-    return str(autocast_dtype(amp, "cuda" if torch.cuda.is_available() else "cpu") or "float32").removeprefix("torch.")
 
 
 def _train_seconds(model_dir: Path) -> float | None:
@@ -401,7 +397,9 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
     writer.writeheader()
     writer.writerows(all_rows)
     held = {e: sorted({r["fold"] for r in rows}) for e, rows in rows_by_experiment.items()}
-    precision = _precision(amp)  # of this machine; each row has its model's, from its trained marker (None: older runs)
+    # --amp bfloat16 runs in float32 on a CPU without bfloat16 arithmetic: this machine's precision here, and each row its
+    # model's, from its trained marker (a run folder may link models trained elsewhere; None: older runs)
+    precision = precision_that_runs(amp)
     result = {"settings": settings, "precision": precision, "folds_in_tables": held, "tables": table_data, "rows": all_rows}
     out.mkdir(parents=True, exist_ok=True)
     with atomic_outputs([out / "results.csv", out / "results.json", out / "results.md"]) as (tmp_csv, tmp_json, tmp_md):

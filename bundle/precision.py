@@ -16,7 +16,7 @@ import logging
 
 import torch
 
-__all__ = ["AMP_DTYPES", "autocast_dtype", "cpu_has_bfloat16"]
+__all__ = ["AMP_DTYPES", "autocast_dtype", "cpu_has_bfloat16", "precision_that_runs"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,13 @@ def autocast_dtype(amp: str | None, device: str | torch.device) -> torch.dtype |
         _warn_float32()
         return None
     return AMP_DTYPES[amp]
+
+
+def precision_that_runs(amp: str | None) -> str:
+    """The name of the precision an ``--amp`` request runs in on this machine's device (CUDA where
+    there is one): what a run records beside what it was asked."""
+    dtype = autocast_dtype(amp, "cuda" if torch.cuda.is_available() else "cpu")
+    return str(dtype or torch.float32).removeprefix("torch.")
 
 
 @functools.cache

@@ -334,8 +334,9 @@ def test_stage1_learns_the_mr_where_the_teachers_agree(phantoms, tmp_path, monke
     members = [torch.load(fold / m / "model.pt", weights_only=True) for m in ("dadr_agreement_st", "agreement_st")]
     assert all(torch.equal(joined[k], v) for k, v in members[0].items() if k != "paths") and joined["paths"].tolist() == [1, 1]
     assert all(torch.equal(joined["image_" + k], v) for k, v in members[1].items() if k.startswith("unet."))
-    seconds = [json.loads((fold / m / "trained").read_text())["train_seconds"] for m in ("dadr_dual_st", "dadr_agreement_st", "agreement_st")]
-    assert seconds[0] == pytest.approx(seconds[1] + seconds[2])
+    markers = [json.loads((fold / m / "trained").read_text()) for m in ("dadr_dual_st", "dadr_agreement_st", "agreement_st")]
+    assert markers[0]["train_seconds"] == pytest.approx(markers[1]["train_seconds"] + markers[2]["train_seconds"])
+    assert markers[0]["precision"] == markers[1]["precision"] == markers[2]["precision"] == "float32"  # its members' (no --amp)
     labelled = (fold / "drl" / "datalist.json").stat().st_mtime_ns
     (fold / "drl" / "drl.pt").unlink()  # a stage 1 stopped before its end: resumed on the MR it started with
     (fold / "results.json").unlink()

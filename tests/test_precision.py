@@ -36,6 +36,8 @@ def test_bfloat16_runs_where_the_cpu_has_it_and_float32_elsewhere(monkeypatch, c
     assert precision.autocast_dtype("bfloat16", "cpu") == (torch.bfloat16 if has_bfloat16 else None)
     assert precision.autocast_dtype("bfloat16", "cuda") == torch.bfloat16  # the check is the CPU's only
     assert precision.autocast_dtype(None, "cpu") is None and precision.autocast_dtype("float16", "cpu") == torch.float16
+    assert precision.precision_that_runs("bfloat16") == ("bfloat16" if has_bfloat16 or torch.cuda.is_available() else "float32")
+    assert precision.precision_that_runs(None) == "float32"
 
 
 def test_stage1_trainer_falls_back_to_float32_without_bfloat16(monkeypatch):
