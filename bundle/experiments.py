@@ -203,7 +203,7 @@ def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[d
         adaptation = MODELS[model][1]
         overrides = train(model)
         model_path = _model_path(fold_dir / model, overrides)
-        train_seconds = _train_seconds(fold_dir / model)
+        marker = _marker(fold_dir / model)  # what its training recorded: wall time, precision
         for test in tests:
             if not sections.get(TEST_SECTIONS[test]):
                 continue  # nothing of this modality held out (every CT subject trains when the CT is not split)
@@ -212,7 +212,7 @@ def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[d
                 metrics = json.loads((out / "metrics.json").read_text())
             else:
                 metrics = run_evaluation(datalist, model_path, out, sizes, adaptation=adaptation, modality=test, eval_section=TEST_SECTIONS[test])
-            rows += [{"fold": fold, "model": model, "test": test, "train_seconds": train_seconds, "precision": _marker(fold_dir / model).get("precision"),
+            rows += [{"fold": fold, "model": model, "test": test, "train_seconds": marker.get("train_seconds"), "precision": marker.get("precision"),
                       **row} for row in metrics["subjects"]]
     _write_json(done, rows)
     return rows
