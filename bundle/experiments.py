@@ -92,8 +92,9 @@ STAGE1_TEACHERS = TEACHERS["agreement_st"]  # --stage1_pseudo_labels: stage 1 le
 # the dual path (inference.yaml --adaptation dual): no training of its own, the weights of a content-path model and of a
 # UNet on the images, joined (bundle.networks.join_dual_path); its wall time is theirs. Joined again (and tested again)
 # when a member's weights differ from those it was joined from (their SHA-256 in its marker)
-DUAL_PATH = {"dadr_dual_st": ("dadr_agreement_st", "agreement_st")}
-MODELS["dadr_dual_st"] = ({"adaptation": "dual"}, "dual")
+DUAL_PATH = {"dadr_dual_st": ("dadr_agreement_st", "agreement_st"),  # the two students of the same teachers
+             "dadr_dual_rand": ("dadr_agreement_st", "unet_ct_rand")}  # the DADR student and its non-adaptive teacher
+MODELS |= {dual: ({"adaptation": "dual"}, "dual") for dual in DUAL_PATH}
 EXPERIMENTS = {  # model -> the held-out modalities it is tested on
     "da": {"unet_ct": ("mr", "ct"), "dacgan": ("mr",), "dadr": ("mr",), "unet_mr": ("mr", "ct"), "joint": ("mr", "ct")},
     "multiphase": {"dacgan": ("mr",), "dadr": ("mr",)},
@@ -102,6 +103,7 @@ EXPERIMENTS = {  # model -> the held-out modalities it is tested on
     "dadr": {"dadr_rand": ("mr",), "dadr_rand_st": ("mr",), "dadr": ("mr",),  # our default and its ablations
              "unet_ct_rand": ("mr",), "dacgan": ("mr",), "dadr_agreement_st": ("mr",),  # and self-trained from stronger teachers
              "agreement_st": ("mr",), "dadr_dual_st": ("mr",),  # the same teachers' student on the images, and both paths averaged
+             "dadr_dual_rand": ("mr",),  # the DADR student averaged with the randomised CT UNet (no second student to train)
              "dadr_style": ("mr",), "dadr_style_st": ("mr",),  # DADR's diverse style transfer, alone and self-trained
              "unet_mr": ("mr",), "dadr_mr": ("mr",)},  # supervised bounds: MR images, content-only MR images (stage 1's ceiling)
     "self_training": {"unet_ct_rand": ("mr",), "unet_ct_rand_st": ("mr",), "unet_ct_rand_st2": ("mr",),  # without adaptation, two rounds

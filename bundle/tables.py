@@ -42,6 +42,7 @@ TABLES = [
         ("DADR + appearance randomisation + self-training where those two agree", "dadr_agreement_st", {"mr": "-"}),
         ("self-training where those two agree, without the content path (UNet on the images)", "agreement_st", {"mr": "-"}),
         ("dual path: mean of the two self-trained UNets' probabilities (content-only image, image)", "dadr_dual_st", {"mr": "-"}),
+        ("dual path: mean of the DADR student's and the randomised CT UNet's probabilities", "dadr_dual_rand", {"mr": "-"}),
         ("DADR diverse style transfer (UNet on CT->MR, random MR styles of stage 1; a teacher below)", "dadr_style", {"mr": "-"}),
         ("+ appearance randomisation + self-training where it and the randomised CT UNet agree", "dadr_style_st", {"mr": "-"}),
         ("supervised MR (upper bound; MR labels)", "unet_mr", {"mr": "0.869 (0.044)"}),

@@ -315,7 +315,7 @@ def test_stage1_learns_the_mr_where_the_teachers_agree(phantoms, tmp_path, monke
                     split_source=False, iterations_per_epoch=2, run_folds=0, figures=False)
     with pytest.raises(ValueError, match="needs --task_weight > 0"):
         run_experiments(phantoms / "datalist.json", out, models="dadr", stage1_pseudo_labels=True, **settings)
-    dual = "dadr,unet_ct_rand,dacgan,dadr_agreement_st,agreement_st,dadr_dual_st"
+    dual = "dadr,unet_ct_rand,dacgan,dadr_agreement_st,agreement_st,dadr_dual_st,dadr_dual_rand"
     with pytest.raises(ValueError, match="learn from \\['agreement_st'\\]"):
         run_experiments(phantoms / "datalist.json", out, models=dual.replace(",agreement_st", ""), stage1_pseudo_labels=True, task_weight=1.0, **settings)
     result = run_experiments(phantoms / "datalist.json", out, models=dual, stage1_pseudo_labels=True, task_weight=1.0, **settings)
@@ -334,6 +334,10 @@ def test_stage1_learns_the_mr_where_the_teachers_agree(phantoms, tmp_path, monke
     members = [torch.load(fold / m / "model.pt", weights_only=True) for m in ("dadr_agreement_st", "agreement_st")]
     assert all(torch.equal(joined[k], v) for k, v in members[0].items() if k != "paths") and joined["paths"].tolist() == [1, 1]
     assert all(torch.equal(joined["image_" + k], v) for k, v in members[1].items() if k.startswith("unet."))
+    with_teacher = torch.load(fold / "dadr_dual_rand" / "model.pt", weights_only=True)  # the student + the randomised CT UNet
+    teacher = torch.load(fold / "unet_ct_rand" / "model.pt", weights_only=True)
+    assert all(torch.equal(with_teacher["image_" + k], v) for k, v in teacher.items() if k.startswith("unet."))
+    assert not all(torch.equal(with_teacher[k], joined[k]) for k in joined if k.startswith("image_unet."))
     markers = [json.loads((fold / m / "trained").read_text()) for m in ("dadr_dual_st", "dadr_agreement_st", "agreement_st")]
     assert markers[0]["train_seconds"] == pytest.approx(markers[1]["train_seconds"] + markers[2]["train_seconds"])
     assert markers[0]["precision"] == markers[1]["precision"] == markers[2]["precision"] == "float32"  # its members' (no --amp)
