@@ -23,7 +23,8 @@ by the supervised bounds on MR images and on content-only MR images (what stage 
 
 Every step goes through the bundle's configs (``bundle.pipeline``) and leaves its output in
 ``out/<experiment>/fold_<k>/``; a step whose output exists is not run again, and a finished
-fold (``results.json``) is not touched, so an interrupted run continues where it stopped.
+fold (``results.json``) is not touched, so an interrupted run continues where it stopped; a later
+run with more ``--models`` trains and tests only those.
 """
 
 from __future__ import annotations
@@ -141,12 +142,22 @@ def _stage2_overrides(model: str, settings: dict, sections: dict) -> dict:
     return overrides
 
 
+def _finished_rows(fold_dir: Path, models: dict) -> list[dict] | None:
+    """The test rows of ``models`` from a fold that finished before (``results.json``); ``None`` if
+    it did not, or if it finished without one of them (a model added by a later run)."""
+    done = fold_dir / "results.json"
+    if not done.is_file():
+        return None
+    rows = json.loads(done.read_text())
+    return [r for r in rows if r["model"] in models] if set(models) <= {r["model"] for r in rows} else None
+
+
 def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[dict]:
     """Every step of one fold whose output is missing; returns the per-image test rows."""
     done = fold_dir / "results.json"
-    if done.is_file():
+    if (finished := _finished_rows(fold_dir, models)) is not None:
         logger.info("%s: finished before, not recomputed", fold_dir)
-        return json.loads(done.read_text())
+        return finished
     datalist = fold_dir / "datalist.json"
     sections = json.loads(datalist.read_text())
     sizes = {"image_size": settings["image_size"], "dim": settings["dim"], "unet_channels": settings["unet_channels"],
@@ -263,12 +274,18 @@ def _fold_indices(run_folds: str | int | list[int] | tuple[int, ...] | None) -> 
 
 def _check_resumable(path: Path, settings: dict) -> None:
     """Record the settings of a new run; a run resumed in the same folder must use the same ones,
-    or its folds would mix results of different settings."""
+    or its folds would mix results of different settings. ``models`` may differ: which models a run
+    trains does not change how any of them trains, so a later run adds rows (or shows fewer) in the
+    same folder, and the record keeps every model asked for (``None``: all)."""
     if path.is_file():
         before = ADDED_SETTINGS | json.loads(path.read_text())
-        if changed := {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}:
+        if changed := {k: (before.get(k), v) for k, v in settings.items() if k != "models" and before.get(k) != v}:
             raise DataError(path, f"this folder holds a run with other settings ({', '.join(f'{k}: {a} -> {b}' for k, (a, b) in changed.items())}); "
                                   "use another --out or the same settings")
+        if before["models"] is not None and settings["models"] != before["models"]:
+            asked = None if settings["models"] is None else before["models"] + [m for m in settings["models"] if m not in before["models"]]
+            if asked != before["models"]:
+                _write_json(path, before | {"models": asked})
     else:
         _write_json(path, settings)
 
@@ -382,13 +399,17 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
         rows = []
         for k in range(len(ct_test)):
             fold_dir = out / experiment / f"fold_{k}"
-            if chosen_folds is not None and k not in chosen_folds and not (fold_dir / "results.json").is_file():
-                logger.info("%s fold %d/%d: not in --run_folds and not finished before, left out of the tables", experiment, k + 1, len(ct_test))
+            chosen = {m: t for m, t in EXPERIMENTS[experiment].items() if settings["models"] is None or m in settings["models"]}
+            if chosen_folds is not None and k not in chosen_folds:
+                if (finished := _finished_rows(fold_dir, chosen)) is None:
+                    logger.info("%s fold %d/%d: not in --run_folds and not finished before with these models, left out of the tables",
+                                experiment, k + 1, len(ct_test))
+                else:
+                    rows += finished
                 continue
             if not (fold_dir / "datalist.json").is_file():
                 _write_json(fold_dir / "datalist.json", fold_datalist(ct, mr, ct_test[k], mr_test[k], val_subjects, seed))
             logger.info("%s fold %d/%d: CT test %s, MR test %s", experiment, k + 1, len(ct_test), ct_test[k], mr_test[k])
-            chosen = {m: t for m, t in EXPERIMENTS[experiment].items() if settings["models"] is None or m in settings["models"]}
             rows += _run_fold(fold_dir, k, chosen, settings)
         rows_by_experiment[experiment] = rows
     table_data, markdown = tables(rows_by_experiment)

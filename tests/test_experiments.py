@@ -150,6 +150,21 @@ def test_experiment_runner_two_folds_on_phantoms_resumes(phantoms, tmp_path):
     again = run_experiments(phantoms / "datalist.json", out, **settings, figures=False)
     assert again["rows"] == rows
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    # --models may change between runs of one folder: fewer show their rows, one more is added alone
+    subset = run_experiments(phantoms / "datalist.json", out, **settings, figures=False, models="unet_ct,dadr")
+    assert subset["rows"] == [r for r in rows if r["model"] in ("unet_ct", "dadr")]
+    assert json.loads((out / "settings.json").read_text())["models"] is None  # the folder keeps "every model"
+    fold_results = out / "da" / "fold_0" / "results.json"
+    fold_results.write_text(json.dumps([r for r in json.loads(fold_results.read_text()) if r["model"] != "joint"]))  # joint came later
+    other_fold = run_experiments(phantoms / "datalist.json", out, **settings, figures=False, run_folds=1)  # not fold 0's job
+    assert {r["fold"] for r in other_fold["rows"] if r["experiment"] == "da"} == {1} and other_fold["folds_in_tables"]["da"] == [1]
+    assert run_experiments(phantoms / "datalist.json", out, **settings, figures=False)["rows"] == rows
+    assert {p: p.stat().st_mtime_ns for p in stamps if p != fold_results} == {p: t for p, t in stamps.items() if p != fold_results}
+    recorded = json.loads((out / "settings.json").read_text())
+    (out / "settings.json").write_text(json.dumps(recorded | {"models": ["unet_ct"]}))  # a folder first run with one model
+    run_experiments(phantoms / "datalist.json", out, **settings, figures=False, models="dadr,unet_ct")
+    assert json.loads((out / "settings.json").read_text())["models"] == ["unet_ct", "dadr"]
+    (out / "settings.json").write_text(json.dumps(recorded))
     with pytest.raises(DataError, match="other settings .*seg_epochs: 1 -> 2"):
         run_experiments(phantoms / "datalist.json", out, **(settings | {"seg_epochs": 2}))
     recorded = json.loads((out / "settings.json").read_text())  # a run recorded before the task-aware option resumes
