@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from pathlib import Path
 
 import ignite.distributed as idist
@@ -23,7 +24,7 @@ from bundle.atomic import atomic_outputs
 from bundle.engines.adversarial import unwrap
 from bundle.errors import DataError
 
-__all__ = ["AtomicCheckpoint", "BestModel", "checkpoints"]
+__all__ = ["AtomicCheckpoint", "BestModel", "checkpoints", "training_seconds"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +38,40 @@ def checkpoints(ckpt_dir: str | Path, prefix: str = "drl") -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def training_seconds(final_path: str | Path) -> dict:
+    """What the training that wrote ``final_path`` recorded beside it (``<final_path>.json``):
+    its wall time over every run that resumed it, and the part of it spent before this run's
+    resume; ``{}`` for weights written without it."""
+    try:
+        record = json.loads(Path(f"{final_path}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+class _WallClock:
+    """Training wall time, saved in every checkpoint, so that a resumed run counts the time of
+    the runs before it up to the checkpoint it resumed from (the work after that checkpoint is
+    done again and counted once)."""
+
+    def __init__(self) -> None:
+        self.before, self.started = 0.0, time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.started
+
+    def state_dict(self) -> dict:
+        return {"seconds": self.seconds()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.before, self.started = float(state["seconds"]), time.perf_counter()
+
+
 class AtomicCheckpoint:
     """Resume from the last readable checkpoint in ``save_dir`` at start; save every
     ``save_interval`` epochs, atomically, keeping the last ``n_saved`` (old runs' files
-    included); at the end write the network's weights alone to ``final_path``, atomically.
+    included); at the end write the network's weights alone to ``final_path``, atomically, and
+    the training's wall time over every run that resumed it to ``<final_path>.json``.
 
     The trainer's own state (epoch, iteration) is saved with the ``objects`` under the key
     ``trainer``, so a resumed run continues where the last one stopped. An epoch's checkpoint
@@ -71,9 +102,11 @@ class AtomicCheckpoint:
         self.resume, self.network, self.final_path, self.map_location, self.prefix = resume, network, final_path, map_location, prefix
         self.remove_when_done = remove_when_done
         self._save_registered = False
+        self.clock = _WallClock()
 
     def attach(self, engine: Engine) -> None:
-        self.objects["trainer"] = engine
+        self.objects["trainer"], self.objects["wall_clock"] = engine, self.clock
+        engine.add_event_handler(Events.STARTED, lambda _: self.clock.load_state_dict({"seconds": 0.0}))
         if self.resume:
             engine.add_event_handler(Events.STARTED, self._resume)
         Path(self.save_dir).mkdir(parents=True, exist_ok=True)
@@ -106,8 +139,10 @@ class AtomicCheckpoint:
             except Exception as e:  # truncated, zero-filled, not a checkpoint: try the one before
                 logger.warning("%s: cannot be read (%s); resuming from the checkpoint before it", path, " ".join(str(e).split())[:200])
                 continue
+            # checkpoints written before the wall clock was saved resume with the time of this run alone
+            objects = self.objects if "wall_clock" in state else {k: v for k, v in self.objects.items() if k != "wall_clock"}
             try:
-                Checkpoint.load_objects(self.objects, state)
+                Checkpoint.load_objects(objects, state)
             except (RuntimeError, KeyError, ValueError) as e:
                 raise DataError(path, f"does not fit this run (other network sizes or options?): {' '.join(str(e).split())[:300]}") from e
             if engine.state.epoch > max_epochs:
@@ -120,8 +155,10 @@ class AtomicCheckpoint:
     def _save_final(self, engine: Engine) -> None:
         final = Path(self.final_path)
         final.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_outputs([final]) as (tmp,):
+        with atomic_outputs([final, final.with_name(final.name + ".json")]) as (tmp, record):
             torch.save(unwrap(self.network).state_dict(), tmp)
+            record.write_text(json.dumps({"train_seconds": round(self.clock.seconds(), 1), "before_this_run": round(self.clock.before, 1),
+                                          "iterations": engine.state.iteration}))
         logger.info("%s weights written to %s after %d iterations", type(unwrap(self.network)).__name__, final, engine.state.iteration)
         if self.remove_when_done:
             for path in checkpoints(self.save_dir, self.prefix):

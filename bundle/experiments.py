@@ -42,6 +42,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from bundle.atomic import atomic_outputs
+from bundle.checkpoint import training_seconds
 from bundle.cli import flag
 from bundle.data.readers import case_name
 from bundle.data.datalist import read_datalist
@@ -196,7 +197,9 @@ def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[d
                 overrides["datalist"] = str(_pseudo_datalist(fold_dir, model_dir, TEACHERS[model], sections, sizes, settings))
             run_stage2(fold_dir, model_dir, drl, settings["seg_epochs"], sizes, cyclegan_path=str(cyclegan), seed=settings["seed"],
                        **overrides)
-            _write_json(model_dir / "trained", {"train_seconds": round(time.perf_counter() - start, 1), "precision": precision_that_runs(settings["amp"])})
+            before = training_seconds(model_dir / "model.pt").get("before_this_run", 0.0)  # a resumed training's earlier runs
+            _write_json(model_dir / "trained", {"train_seconds": round(time.perf_counter() - start + before, 1),
+                                                "precision": precision_that_runs(settings["amp"])})
         return overrides
 
     if pseudo_stage1:  # the teachers first: their agreed masks of the training MR enter stage 1's task term
@@ -212,6 +215,7 @@ def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[d
         run_stage1(fold_dir, drl.parent, settings["drl_iterations"], gan_sizes, resume=True, seed=settings["seed"],
                    amp=settings["amp"], **stage1)
     rows = []
+    shared = {f"{stage}_seconds": training_seconds(path).get("train_seconds") for stage, path in (("stage1", drl), ("cyclegan", cyclegan))}
     for model, tests in models.items():
         adaptation = MODELS[model][1]
         overrides = train(model)
@@ -226,7 +230,7 @@ def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[d
             else:
                 metrics = run_evaluation(datalist, model_path, out, sizes, adaptation=adaptation, modality=test, eval_section=TEST_SECTIONS[test])
             rows += [{"fold": fold, "model": model, "test": test, "train_seconds": marker.get("train_seconds"), "precision": marker.get("precision"),
-                      **row} for row in metrics["subjects"]]
+                      **shared, **row} for row in metrics["subjects"]]
     _write_json(done, rows)
     return rows
 
@@ -414,7 +418,8 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
         rows_by_experiment[experiment] = rows
     table_data, markdown = tables(rows_by_experiment)
     all_rows = [{"experiment": e, **r} for e, rows in rows_by_experiment.items() for r in rows]
-    fields = ["experiment", "fold", "model", "test", "subject", "dice", "hd95_mm", "assd_mm", "train_seconds", "precision", "image"]
+    fields = ["experiment", "fold", "model", "test", "subject", "dice", "hd95_mm", "assd_mm", "train_seconds", "stage1_seconds", "cyclegan_seconds",
+              "precision", "image"]
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()

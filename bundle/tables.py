@@ -73,10 +73,21 @@ def _image_dice(rows: list[dict], model: str, test: str) -> dict[str, float]:
 
 
 def _train_minutes(rows: list[dict], model: str) -> str:
-    """Mean wall time of ``model``'s training per fold, in minutes."""
+    """Mean wall time of ``model``'s training per fold, in minutes (a resumed training's runs together)."""
     seconds = {r["fold"]: r.get("train_seconds") for r in rows if r["model"] == model}
     known = [v for v in seconds.values() if v is not None]
     return f"{np.mean(known) / 60:.1f}" if known else "n/a"
+
+
+def _shared_minutes(rows: list[dict]) -> str:
+    """Mean wall time per fold of the trainings a fold's models share (stage 1, the CycleGAN),
+    which the per-model minutes leave out; "" when none recorded it."""
+    parts = []
+    for stage, label in (("stage1_seconds", "stage 1"), ("cyclegan_seconds", "CycleGAN")):
+        known = [v for v in {r["fold"]: r.get(stage) for r in rows}.values() if v is not None]
+        if known:
+            parts.append(f"{label} {np.mean(known) / 60:.1f}")
+    return f"Trained once per fold and shared, min/fold: {', '.join(parts)} (not in train min/fold above)." if parts else ""
 
 
 def tables(rows_by_experiment: dict[str, list[dict]]) -> tuple[dict, str]:
@@ -101,6 +112,8 @@ def tables(rows_by_experiment: dict[str, list[dict]]) -> tuple[dict, str]:
             tables[title][label] = entry
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {_train_minutes(rows, model)} |")
         lines.append("")
+        if shared := _shared_minutes(rows):
+            lines += [shared, ""]
         mr_columns = [(label, model) for label, model, _ in table_rows if "mr" in tests]
         per_image = {label: _image_dice(rows, model, "mr") for label, model in mr_columns}
         images = sorted({i for d in per_image.values() for i in d}, key=lambda i: (len(i), i))

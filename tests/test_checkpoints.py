@@ -13,7 +13,7 @@ import torch
 from conftest import ROOT
 from ignite.engine import Engine, Events
 
-from bundle.checkpoint import AtomicCheckpoint, checkpoints
+from bundle.checkpoint import AtomicCheckpoint, checkpoints, training_seconds
 
 SMALL_DRL = ["--image_size", "64", "--dim", "8", "--n_res", "2", "--mlp_dim", "32", "--dis_layers", "3", "--phantom_subjects", "2"]
 SMALL_SEG = ["--image_size", "64", "--adaptation", "none", "--unet_channels", "[8,16,32,64,128]", "--phantom_subjects", "2"]
@@ -97,3 +97,29 @@ def test_an_epoch_is_checkpointed_only_after_its_validation(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         engine.run([0], max_epochs=3)
     assert [p.name for p in checkpoints(tmp_path, "v")] == ["v_checkpoint_1.pt"] and validated == [1]
+
+
+def test_a_resumed_training_records_the_wall_time_of_every_run(tmp_path):
+    """``<final>.json`` counts the runs before a resume (up to the checkpoint it resumed from), not the last one alone."""
+    layer, final = torch.nn.Linear(2, 2), tmp_path / "model.pt"
+
+    def run(epochs: int, objects: dict) -> None:
+        engine = Engine(lambda e, b: time.sleep(0.2))
+        AtomicCheckpoint(str(tmp_path), objects, n_saved=2, prefix="w", network=layer, final_path=str(final)).attach(engine)
+        engine.run([0], max_epochs=epochs)
+
+    run(3, {"layer": layer})  # 3 epochs of 0.2 s
+    first = training_seconds(final)
+    assert first["before_this_run"] == 0.0 and 0.6 <= first["train_seconds"] < 5 and first["iterations"] == 3
+    run(5, {"layer": layer})  # resumes at epoch 3: 2 more epochs
+    second = training_seconds(final)
+    assert 0.6 <= second["before_this_run"] <= first["train_seconds"] and second["train_seconds"] >= second["before_this_run"] + 0.4
+    assert second["iterations"] == 5
+    latest = checkpoints(tmp_path, "w")[-1]  # a checkpoint from before the wall clock was saved still resumes
+    state = torch.load(latest, weights_only=True)
+    del state["wall_clock"]
+    torch.save(state, latest)
+    run(6, {"layer": layer})
+    third = training_seconds(final)
+    assert third["before_this_run"] == 0.0 and third["iterations"] == 6 and 0.2 <= third["train_seconds"] < 5
+    assert training_seconds(tmp_path / "none.pt") == {}

@@ -290,6 +290,8 @@ def test_dadr_experiment_with_the_task_aware_content_space(phantoms, tmp_path, m
     datalist = json.loads((phantoms / "datalist.json").read_text())
     mr_images = sorted(e["image"] for e in datalist["target_labelled"] + datalist["target_test"])
     assert {r["model"] for r in result["rows"]} == {"dadr", "dadr_rand", "dadr_rand_st", "dadr_mr"}
+    assert all(r["stage1_seconds"] > 0 and r["cyclegan_seconds"] is None for r in result["rows"])  # the fold's shared stage 1, timed
+    assert "Trained once per fold and shared, min/fold: stage 1 " in (out / "results.md").read_text()
     for model in ("dadr", "dadr_rand", "dadr_rand_st", "dadr_mr"):
         tested = sorted(r["image"].split("/")[-1] for r in result["rows"] if r["model"] == model)
         assert tested == sorted(i.split("/")[-1] for i in mr_images)
@@ -391,12 +393,13 @@ def test_tables_leave_out_the_models_a_run_did_not_train():
     for the models left out."""
     from bundle.tables import tables
 
-    rows = [{"model": "dadr", "test": "mr", "fold": 0, "image": f"/d/mr_{i}_image.nii.gz", "dice": d, "train_seconds": 60.0}
-            for i, d in enumerate((0.5, 0.7))]
+    rows = [{"model": "dadr", "test": "mr", "fold": 0, "image": f"/d/mr_{i}_image.nii.gz", "dice": d, "train_seconds": 60.0,
+             "stage1_seconds": 120.0} for i, d in enumerate((0.5, 0.7))]
     result, markdown = tables({"dadr": rows})
     table = result["DADR alone and our additions (one stage 1 per fold; the paper's figure beside)"]
     assert list(table) == ["DADR (UNet on content-only CT)"] and table["DADR (UNet on content-only CT)"]["mr"]["dice_mean"] == pytest.approx(0.6)
     assert "n/a" not in markdown and "+ appearance randomisation" not in markdown and "| mr_1_image | 0.700 |" in markdown
+    assert "Trained once per fold and shared, min/fold: stage 1 2.0 (not in train min/fold above)." in markdown
 
 
 def test_long_gan_runs_checkpoint_at_least_every_checkpoint_iterations():
