@@ -153,7 +153,7 @@ def _finished_rows(fold_dir: Path, models: dict) -> list[dict] | None:
     return [r for r in rows if r["model"] in models] if set(models) <= {r["model"] for r in rows} else None
 
 
-def _run_fold(fold_dir: Path, fold: int, models: dict, settings: dict) -> list[dict]:
+def _run_fold(fold_dir: Path, fold: int | str, models: dict, settings: dict) -> list[dict]:
     """Every step of one fold whose output is missing; returns the per-image test rows."""
     done = fold_dir / "results.json"
     if (finished := _finished_rows(fold_dir, models)) is not None:
@@ -268,12 +268,18 @@ def _names(text: str | list[str]) -> list[str]:
     return [e.strip() for e in (text.split(",") if isinstance(text, str) else text)]
 
 
-def _fold_indices(run_folds: str | int | list[int] | tuple[int, ...] | None) -> set[int] | None:
-    """``--run_folds`` as a set of indices; the command line gives ``1`` as an int and ``0,1`` as a tuple."""
+ALL_SUBJECTS = "all"  # --run_folds' name of the run on every subject: the recipe the folds scored, for shipping
+
+
+def _fold_indices(run_folds: str | int | list[int] | tuple[int, ...] | None) -> set[int | str] | None:
+    """``--run_folds`` as a set of indices and/or ``all``; the command line gives ``1`` as an int and ``0,1`` as a tuple."""
     if run_folds is None:
         return None
     items = run_folds.split(",") if isinstance(run_folds, str) else run_folds if isinstance(run_folds, (list, tuple)) else [run_folds]
-    return {int(k) for k in items}
+    try:
+        return {ALL_SUBJECTS if str(k).strip() == ALL_SUBJECTS else int(k) for k in items}
+    except ValueError:
+        raise ValueError(f"--run_folds: fold indices from 0 and/or {ALL_SUBJECTS!r}, got {run_folds!r}") from None
 
 
 def _check_resumable(path: Path, settings: dict) -> None:
@@ -344,7 +350,9 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
             (train.yaml ``joint_repeat``): a few MR against many CT slices.
         run_folds: train only these folds (comma-separated indices from 0, e.g. ``1``), one job per fold on
             a cluster or across sessions; the other folds enter the tables where an earlier run in ``out``
-            finished them, and ``results.md`` names the folds it holds. ``None``: every fold.
+            finished them, and ``results.md`` names the folds it holds. ``None``: every fold. ``all`` (alone
+            or beside indices) trains the models once more on every subject, in ``<experiment>/all``, and tests
+            nothing: the cross-validated recipe for the model to ship (``scripts/ship_model.py``).
         stage1_pseudo_labels: stage 1's task term also on the fold's training MR, against the masks where
             ``STAGE1_TEACHERS`` (trained first, without MR labels) agree (drl_train.yaml ``target_pseudo_labels``):
             stage 1 adapts to every training MR and segments those whose masks passed the filters; needs ``task_weight`` > 0.
@@ -358,8 +366,8 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
     multiphase_datalist = None if multiphase_datalist is None else Path(multiphase_datalist).resolve()
     ct_folds = ct_folds or folds
     chosen_folds = _fold_indices(run_folds)
-    if chosen_folds is not None and not chosen_folds <= set(range(max(folds, ct_folds))):
-        raise ValueError(f"--run_folds: {sorted(chosen_folds)} are not all fold indices 0..{max(folds, ct_folds) - 1}")
+    if chosen_folds is not None and not chosen_folds <= set(range(max(folds, ct_folds))) | {ALL_SUBJECTS}:
+        raise ValueError(f"--run_folds: {sorted(map(str, chosen_folds))} are not all fold indices 0..{max(folds, ct_folds) - 1} or {ALL_SUBJECTS!r}")
     settings = {"image_size": size, "dim": dim, "drl_iterations": drl_iterations, "cyclegan_iterations": cyclegan_iterations,
                 "seg_epochs": seg_epochs, "seed": seed, "folds": folds, "split_source": split_source, "datalist": str(datalist),
                 "multiphase_datalist": None if multiphase_datalist is None else str(multiphase_datalist),
@@ -401,9 +409,15 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
     for experiment, mr in targets.items():
         ct_test, mr_test = plans[experiment]
         rows = []
+        chosen = {m: t for m, t in EXPERIMENTS[experiment].items() if settings["models"] is None or m in settings["models"]}
+        if chosen_folds is not None and ALL_SUBJECTS in chosen_folds:  # no test: nothing enters the tables
+            fold_dir = out / experiment / ALL_SUBJECTS
+            if not (fold_dir / "datalist.json").is_file():
+                _write_json(fold_dir / "datalist.json", fold_datalist(ct, mr, [], [], val_subjects, seed))
+            logger.info("%s: every subject trains (%d CT, %d MR unlabelled), nothing is tested", fold_dir, len(ct), len(mr))
+            _run_fold(fold_dir, ALL_SUBJECTS, chosen, settings)
         for k in range(len(ct_test)):
             fold_dir = out / experiment / f"fold_{k}"
-            chosen = {m: t for m, t in EXPERIMENTS[experiment].items() if settings["models"] is None or m in settings["models"]}
             if chosen_folds is not None and k not in chosen_folds:
                 if (finished := _finished_rows(fold_dir, chosen)) is None:
                     logger.info("%s fold %d/%d: not in --run_folds and not finished before with these models, left out of the tables",

@@ -5,7 +5,8 @@
 
 Re-running with the same --out resumes: finished steps and folds are not recomputed.
 One job per fold (a cluster, or folds across sessions): --run_folds 1 trains fold 1 only; the tables
-take every fold of --out that has finished, and results.md names them.
+take every fold of --out that has finished, and results.md names them. --run_folds all trains the
+chosen models once more on every subject (DIR/<experiment>/all, nothing tested): the model to ship.
 """
 
 import functools

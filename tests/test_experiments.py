@@ -225,7 +225,8 @@ def test_bounds_and_ct_only_baselines_fold_one_modality_each(phantoms, tmp_path)
 
 def test_run_folds_trains_the_chosen_folds_and_tables_every_finished_one(phantoms, tmp_path):
     """One job per fold (``--run_folds``): a job trains its folds only; a later job for the other
-    fold trains that one alone and tables both; an index outside the folds is refused."""
+    fold trains that one alone and tables both; ``all`` trains on every subject and tests nothing; an
+    index outside the folds is refused."""
     out = tmp_path / "per_fold"
     settings = dict(folds=2, size=64, dim=8, seg_epochs=1, experiments="mr_bound", iterations_per_epoch=2,
                     unet_channels=[8, 16, 32, 64, 128], figures=False)
@@ -241,8 +242,16 @@ def test_run_folds_trains_the_chosen_folds_and_tables_every_finished_one(phantom
     mr_images = sorted(e["image"].split("/")[-1] for e in datalist["target_labelled"] + datalist["target_test"])
     assert sorted(r["image"].split("/")[-1] for r in both["rows"]) == mr_images  # each MR image held out once
     assert run_experiments(phantoms / "datalist.json", out, run_folds=(0, 1), **settings)["rows"] == both["rows"]
-    with pytest.raises(ValueError, match="--run_folds: \\[2\\] are not all fold indices 0..1"):
+    # "all": the recipe once more on every subject, the model to ship; nothing of it is tested or tabled
+    assert run_experiments(phantoms / "datalist.json", out, run_folds="1,all", **settings)["rows"] == both["rows"]
+    every = out / "mr_bound" / "all"
+    sections = json.loads((every / "datalist.json").read_text())
+    assert sorted(e["image"].split("/")[-1] for e in sections["target_labelled"]) == mr_images and sections["target_test"] == []
+    assert (every / "unet_mr" / "model.pt").is_file() and not list(every.rglob("test_*")) and model_1.stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="--run_folds: \\['2'\\] are not all fold indices 0..1 or 'all'"):
         run_experiments(phantoms / "datalist.json", tmp_path / "other", run_folds=2, **settings)
+    with pytest.raises(ValueError, match="--run_folds: fold indices from 0 and/or 'all', got 'last'"):
+        run_experiments(phantoms / "datalist.json", tmp_path / "other", run_folds="last", **settings)
 
 
 @pytest.mark.parametrize("experiment, teacher, student", [("self_training", "dacgan", "agreement_st"), ("dadr", "dacgan", "dadr_agreement_st"),
