@@ -38,6 +38,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
@@ -282,6 +283,15 @@ def _fold_indices(run_folds: str | int | list[int] | tuple[int, ...] | None) -> 
         raise ValueError(f"--run_folds: fold indices from 0 and/or {ALL_SUBJECTS!r}, got {run_folds!r}") from None
 
 
+def all_subjects_repeat(pseudo_repeat: int, ct: list[dict], mr: list[dict], ct_test: list[list[str]], mr_test: list[list[str]]) -> int:
+    """``pseudo_repeat`` for the run on every subject (``--run_folds all``): a self-trained model's
+    epoch keeps the folds' share of pseudo-labelled MR against CT (twice the MR: half the repeats)."""
+    n_ct, n_mr = (len({subject(e) for e in entries}) for entries in (ct, mr))
+    ct_share = np.mean([(n_ct - len(t)) / n_ct for t in ct_test])  # the training share of the subjects in a fold
+    mr_share = np.mean([(n_mr - len(t)) / n_mr for t in mr_test])
+    return max(1, round(pseudo_repeat * mr_share / ct_share))
+
+
 def _check_resumable(path: Path, settings: dict) -> None:
     """Record the settings of a new run; a run resumed in the same folder must use the same ones,
     or its folds would mix results of different settings. ``models`` may differ: which models a run
@@ -352,7 +362,8 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
             a cluster or across sessions; the other folds enter the tables where an earlier run in ``out``
             finished them, and ``results.md`` names the folds it holds. ``None``: every fold. ``all`` (alone
             or beside indices) trains the models once more on every subject, in ``<experiment>/all``, and tests
-            nothing: the cross-validated recipe for the model to ship (``scripts/ship_model.py``).
+            nothing: the cross-validated recipe for the model to ship (``scripts/ship_model.py``); its
+            ``pseudo_repeat`` is scaled so that an epoch holds the folds' share of pseudo-labelled MR.
         stage1_pseudo_labels: stage 1's task term also on the fold's training MR, against the masks where
             ``STAGE1_TEACHERS`` (trained first, without MR labels) agree (drl_train.yaml ``target_pseudo_labels``):
             stage 1 adapts to every training MR and segments those whose masks passed the filters; needs ``task_weight`` > 0.
@@ -414,8 +425,10 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
             fold_dir = out / experiment / ALL_SUBJECTS
             if not (fold_dir / "datalist.json").is_file():
                 _write_json(fold_dir / "datalist.json", fold_datalist(ct, mr, [], [], val_subjects, seed))
-            logger.info("%s: every subject trains (%d CT, %d MR unlabelled), nothing is tested", fold_dir, len(ct), len(mr))
-            _run_fold(fold_dir, ALL_SUBJECTS, chosen, settings)
+            repeat = all_subjects_repeat(settings["pseudo_repeat"], ct, mr, ct_test, mr_test)
+            logger.info("%s: every subject trains (%d CT, %d MR unlabelled images; pseudo-labelled MR x%d), nothing is tested",
+                        fold_dir, len(ct), len(mr), repeat)
+            _run_fold(fold_dir, ALL_SUBJECTS, chosen, settings | {"pseudo_repeat": repeat})
         for k in range(len(ct_test)):
             fold_dir = out / experiment / f"fold_{k}"
             if chosen_folds is not None and k not in chosen_folds:

@@ -390,6 +390,18 @@ def test_experiments_script_names_a_bad_datalist(tmp_path):
     assert f"error: {bad}: has no labelled MR entries" in result.stderr
 
 
+def test_the_run_on_every_subject_keeps_the_folds_share_of_pseudo_labelled_mr():
+    from bundle.experiments import all_subjects_repeat
+
+    ct = [{"image": f"ct_{i}.nii.gz"} for i in range(30)]
+    mr = [{"image": f"mr_{i}.nii.gz", "subject": f"mr_{i // 2}"} for i in range(20)]  # 10 subjects, 2 images each
+    mr_folds = [[f"mr_{i}" for i in range(k, 10, 2)] for k in (0, 1)]
+    assert all_subjects_repeat(10, ct, mr, [[], []], mr_folds) == 5  # the CT unsplit, the MR doubled: half the repeats
+    ct_folds = [[f"ct_{i}" for i in range(k, 30, 2)] for k in (0, 1)]
+    assert all_subjects_repeat(10, ct, mr, ct_folds, mr_folds) == 10  # both modalities doubled: the same
+    assert all_subjects_repeat(1, ct, mr, [[], []], mr_folds) == 1  # never below one
+
+
 def test_command_line_flags_read_true_and_false_in_any_spelling():
     assert [flag(v, "x") for v in (True, "true", "True", "1", False, "false", "FALSE", "0")] == [True] * 4 + [False] * 4
     with pytest.raises(ValueError, match="--split_source must be True or False, got 'maybe'"):
