@@ -76,7 +76,7 @@ def test_dual_path_averages_the_probabilities_of_its_two_unets_and_refuses_misma
     images give the log of the mean of their probabilities; members of the wrong kind are refused by name."""
     from monai.bundle import ConfigParser
 
-    from bundle.networks import join_dual_path, load_model
+    from bundle.networks import join_dual_path, load_model, recorded_adaptation
 
     torch.manual_seed(1)
     image = LiverSegmenter(64)
@@ -99,6 +99,15 @@ def test_dual_path_averages_the_probabilities_of_its_two_unets_and_refuses_misma
     parser.update({"adaptation": "dadr"})
     with pytest.raises(DataError, match=r"dual.pt.*a model with a content path and a UNet on the images \(--adaptation dual\)"):
         load_model(parser.get_parsed_content("network_def", lazy=False), tmp_path / "dual.pt")
+    # --adaptation auto (the default) builds whichever network the weights are: the served model needs no flag
+    old_style = {k: v for k, v in torch.load(tmp_path / "dual.pt", weights_only=True).items() if k != "paths"}  # saved before paths
+    torch.save(old_style, tmp_path / "old_dual.pt")
+    for path, expected in ((tmp_path / "dual.pt", "dual"), (tmp_path / "old_dual.pt", "dual"), (weights / "model.pt", "dadr"),
+                           (tmp_path / "image.pt", "none")):
+        assert recorded_adaptation(path) == expected
+        parser.update({"adaptation": "auto", "model_path": str(path)})
+        load_model(parser.get_parsed_content("network_def", lazy=False), path)  # a strict load: the network fits the weights
+    assert recorded_adaptation(tmp_path / "missing.pt") == "none"  # and load_model names the missing file
     with pytest.raises(DataError, match="image.pt.*is not a single DADR model"):
         join_dual_path(tmp_path / "image.pt", tmp_path / "image.pt")
     with pytest.raises(DataError, match="dual.pt.*is not a single DADR model"):
@@ -362,7 +371,7 @@ def test_inference_cli_ends_bad_input_with_one_line_and_exit_code_2(phantoms, we
     assert "Traceback" in open(log).read()
     for extra, problem in ((["--device", "cuda:0"], "error: --device: cuda:0 was asked for, but CUDA is not available"),
                            (["--amp", "float16"], "error: --amp: must be one of None, bfloat16, got 'float16'"),
-                           (["--adaptation", "cyclegan"], "error: --adaptation: must be one of none, dadr, dual, got 'cyclegan'")):
+                           (["--adaptation", "cyclegan"], "error: --adaptation: must be one of auto, none, dadr, dual, got 'cyclegan'")):
         if extra[0] == "--device" and torch.cuda.is_available():
             continue
         result = run_inference(inputs, tmp_path / "out3", weights / "model.pt", *extra)

@@ -22,7 +22,7 @@ from bundle.networks.content_only import ContentOnly
 from bundle.networks.geometry import from_square, to_square
 from bundle.networks.trained_for import TrainedFor
 
-__all__ = ["LiverSegmenter", "describe_paths", "join_dual_path", "load_drl_weights", "load_model", "read_weights"]
+__all__ = ["LiverSegmenter", "describe_paths", "join_dual_path", "load_drl_weights", "load_model", "read_weights", "recorded_adaptation"]
 
 
 class LiverSegmenter(nn.Module):
@@ -104,6 +104,23 @@ class LiverSegmenter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return from_square(self._square(x)[0], x.shape[-2], x.shape[-1])
+
+
+def recorded_adaptation(model_path: str | Path) -> str:
+    """The inference ``--adaptation`` that builds the network of ``model_path``'s weights (``none``,
+    ``dadr`` or ``dual``): what ``inference.yaml --adaptation auto`` builds, so that whichever model
+    is served (the shipped dual path, a UNet retrained by MONAI Label) loads without a flag.
+    Weights saved before the paths were recorded tell it by their keys; a missing file gives
+    ``none``, and loading it then fails naming the file (``load_model``)."""
+    path = Path(model_path)
+    if not path.is_file():
+        return "none"
+    state = read_weights(path)
+    if "paths" in state:
+        content, image = (bool(v) for v in state["paths"])
+    else:
+        content, image = (any(k.startswith(prefix) for k in state) for prefix in ("content_path.", "image_unet."))
+    return "dual" if content and image else "dadr" if content else "none"
 
 
 def describe_paths(paths: torch.Tensor) -> str:
