@@ -72,21 +72,23 @@ def _image_dice(rows: list[dict], model: str, test: str) -> dict[str, float]:
     return {image: float(np.mean(d)) for image, d in by_image.items()}
 
 
+def _fold_minutes(rows: list[dict], key: str) -> float | None:
+    """Mean over the folds of the wall time ``key`` (seconds) of ``rows``, in minutes; ``None`` if none recorded it."""
+    known = [v for v in {r["fold"]: r.get(key) for r in rows}.values() if v is not None]
+    return float(np.mean(known)) / 60 if known else None
+
+
 def _train_minutes(rows: list[dict], model: str) -> str:
     """Mean wall time of ``model``'s training per fold, in minutes (a resumed training's runs together)."""
-    seconds = {r["fold"]: r.get("train_seconds") for r in rows if r["model"] == model}
-    known = [v for v in seconds.values() if v is not None]
-    return f"{np.mean(known) / 60:.1f}" if known else "n/a"
+    minutes = _fold_minutes([r for r in rows if r["model"] == model], "train_seconds")
+    return "n/a" if minutes is None else f"{minutes:.1f}"
 
 
 def _shared_minutes(rows: list[dict]) -> str:
     """Mean wall time per fold of the trainings a fold's models share (stage 1, the CycleGAN),
     which the per-model minutes leave out; "" when none recorded it."""
-    parts = []
-    for stage, label in (("stage1_seconds", "stage 1"), ("cyclegan_seconds", "CycleGAN")):
-        known = [v for v in {r["fold"]: r.get(stage) for r in rows}.values() if v is not None]
-        if known:
-            parts.append(f"{label} {np.mean(known) / 60:.1f}")
+    parts = [f"{label} {minutes:.1f}" for key, label in (("stage1_seconds", "stage 1"), ("cyclegan_seconds", "CycleGAN"))
+             if (minutes := _fold_minutes(rows, key)) is not None]
     return f"Trained once per fold and shared, min/fold: {', '.join(parts)} (not in train min/fold above)." if parts else ""
 
 
