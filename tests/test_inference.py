@@ -122,6 +122,48 @@ def test_dual_path_averages_the_probabilities_of_its_two_unets_and_refuses_misma
         join_dual_path(weights / "model.pt", tmp_path / "other.pt")
 
 
+def test_other_paths_let_a_network_built_once_load_a_model_of_another_composition(weights, tmp_path):
+    """MONAI Label builds the served network once and reloads whatever /train publishes: with
+    ``other_paths="drop"`` (inference.yaml --adaptation auto) a dual-path or DADR network becomes the
+    UNet that replaces it; with ``"take"`` (train.yaml) a UNet starts from a dual path's image UNet
+    and a DADR network from its content path; what cannot be done, and ``"refuse"``, raise."""
+    from bundle.networks import join_dual_path
+
+    torch.manual_seed(2)
+    image = LiverSegmenter(64).eval()
+    torch.save(image.state_dict(), tmp_path / "image.pt")
+    dual_state = join_dual_path(weights / "model.pt", tmp_path / "image.pt")
+    content = dadr(64).eval()
+    content.load_state_dict(torch.load(weights / "model.pt", weights_only=True))
+    x = torch.rand(2, 1, 64, 64) * 2 - 1
+
+    def image_unet() -> UNet:
+        return UNet(2, 1, 2, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2)
+
+    for served in (dadr(64, image_unet=image_unet(), other_paths="drop"), dadr(64, other_paths="drop")):
+        served.load_state_dict(torch.load(weights / "model.pt", weights_only=True) if served.image_unet is None else dual_state)
+        served.load_state_dict(image.state_dict())  # strict: the network is now the UNet on the images
+        assert served.paths.tolist() == [0, 0] and served.image_unet is None and not list(served.content_path.parameters())
+        with torch.no_grad():
+            assert torch.allclose(served.eval()(x), image(x), atol=1e-6)
+    with pytest.raises(RuntimeError, match=r"a content path .*other_paths: drop.*restart it"):
+        LiverSegmenter(64, other_paths="drop").load_state_dict(dual_state)  # no content path to grow
+
+    unet = LiverSegmenter(64, other_paths="take")
+    unet.load_state_dict(dual_state)  # strict: the dual path's image UNet
+    taken = dadr(64, other_paths="take")
+    taken.load_state_dict(dual_state)  # the content path and its UNet
+    with torch.no_grad():
+        assert torch.allclose(unet.eval()(x), image(x), atol=1e-6) and unet.paths.tolist() == [0, 0]
+        assert torch.allclose(taken.eval()(x), content(x), atol=1e-6) and taken.paths.tolist() == [1, 0]
+    with pytest.raises(RuntimeError, match=r"a content path \(--adaptation dadr\), but .*a UNet on the images alone .*other_paths: take"):
+        LiverSegmenter(64, other_paths="take").load_state_dict(torch.load(weights / "model.pt", weights_only=True))
+    with pytest.raises(RuntimeError, match="other_paths: refuse"):
+        dadr(64).load_state_dict(dual_state)
+    with pytest.raises(ValueError, match="other_paths"):
+        LiverSegmenter(64, other_paths="keep")
+
+
 def test_drl_weights_of_other_sizes_are_rejected_by_name(weights):
     with pytest.raises(DataError, match="drl.pth.*does not fit"):
         load_drl_weights(LiverSegmenter(64, ContentOnly("mr", dim=16, n_res=2, mlp_dim=32, shared_res=1)), weights / "drl.pth")

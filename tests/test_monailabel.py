@@ -74,11 +74,20 @@ def mr_volume(phantoms, tmp_path) -> Path:
     return Path(shutil.copy(phantoms / "mr/mr_002_t1_pre_image.nii.gz", folder))
 
 
-def monailabel_infer(bundle: Path, image: Path) -> np.ndarray:
-    task = BundleInferTask(str(bundle), {})
+def monailabel_infer(bundle: Path, image: Path, task: BundleInferTask | None = None) -> np.ndarray:
+    task = task or BundleInferTask(str(bundle), {})
     assert task.is_valid()
     label_file, _ = task({"image": str(image), "device": "cpu", "result_extension": ".nii.gz"})
     return np.asarray(nib.load(label_file).dataobj)
+
+
+def labelled_datastore(phantoms: Path, folder: Path) -> LocalDatastore:
+    """A MONAI Label datastore of 3 phantom MR volumes with final labels."""
+    (folder / "labels/final").mkdir(parents=True)
+    for subject in ("mr_000", "mr_001", "mr_002"):
+        shutil.copy(phantoms / f"mr/{subject}_t1_pre_image.nii.gz", folder / f"{subject}.nii.gz")
+        shutil.copy(phantoms / f"mr/{subject}_liver.nii.gz", folder / f"labels/final/{subject}.nii.gz")
+    return LocalDatastore(str(folder), extensions=("*.nii.gz",), auto_reload=False)
 
 
 def test_monailabel_infer_matches_bundle_inference(bundle_dir, mr_volume, tmp_path):
@@ -90,12 +99,7 @@ def test_monailabel_infer_matches_bundle_inference(bundle_dir, mr_volume, tmp_pa
 
 
 def test_monailabel_train_updates_the_model(bundle_dir, phantoms, mr_volume, tmp_path):
-    store = tmp_path / "datastore"
-    (store / "labels/final").mkdir(parents=True)
-    for subject in ("mr_000", "mr_001", "mr_002"):
-        shutil.copy(phantoms / f"mr/{subject}_t1_pre_image.nii.gz", store / f"{subject}.nii.gz")
-        shutil.copy(phantoms / f"mr/{subject}_liver.nii.gz", store / f"labels/final/{subject}.nii.gz")
-    datastore = LocalDatastore(str(store), extensions=("*.nii.gz",), auto_reload=False)
+    datastore = labelled_datastore(phantoms, tmp_path / "datastore")
     before = torch.load(bundle_dir / "models/model.pt", weights_only=True)
     task = BundleTrainTask(str(bundle_dir), {})
     assert task.is_valid()
@@ -107,6 +111,37 @@ def test_monailabel_train_updates_the_model(bundle_dir, phantoms, mr_volume, tmp
     assert all(torch.equal(before[k], after[k]) for k in after if k.startswith("content_path."))  # frozen
     # the retrained model.pt is what both inference paths now load
     assert np.array_equal(monailabel_infer(bundle_dir, mr_volume) > 0, bundle_inference(bundle_dir, mr_volume, tmp_path / "ours") > 0)
+
+
+def test_monailabel_serves_a_dual_path_and_then_the_unet_its_training_publishes(bundle_dir, phantoms, mr_volume, tmp_path):
+    """The shipped model as a dual path: MONAI Label's infer task builds that network once; its train
+    task starts a UNet from the dual path's image UNet and publishes it; the same infer task then
+    serves that UNet (no restart), equal to `monai.bundle run inference`, which builds it anew."""
+    from bundle.networks import recorded_adaptation
+    from bundle.shipping import ship_weights
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, bundle, ignore=shutil.ignore_patterns("runs"))
+    run_bundle("training", config_file=str(bundle / "configs/train.yaml"), bundle_root=str(bundle), dataset_dir=str(phantoms),
+               train_section="target_test", adaptation="dadr", max_epochs=1, output_dir=str(tmp_path / "dadr"), ckpt_dir=str(tmp_path / "dadr"))
+    ship_weights(tmp_path / "dadr/model.pt", bundle / "models/drl.pth", bundle / "models", image_model=bundle_dir / "models/model.pt")
+    assert recorded_adaptation(bundle / "models/model.pt") == "dual"
+    task = BundleInferTask(str(bundle), {})
+    served = monailabel_infer(bundle, mr_volume, task)
+    assert np.array_equal(served > 0, bundle_inference(bundle, mr_volume, tmp_path / "dual") > 0)
+
+    dual = torch.load(bundle / "models/model.pt", weights_only=True)
+    train = BundleTrainTask(str(bundle), {})
+    train({"model": "dadr_liver", "device": "cpu", "max_epochs": 1, "val_split": 0.34, "multi_gpu": False, "pretrained": True},
+          labelled_datastore(phantoms, tmp_path / "datastore"))
+    unet = torch.load(bundle / "models/model.pt", weights_only=True)
+    assert recorded_adaptation(bundle / "models/model.pt") == "none"
+
+    def distance(prefix: str) -> float:
+        return sum((unet[k].float() - dual[prefix + k].float()).abs().sum().item() for k in unet if k.startswith("unet."))
+    assert distance("image_") < 0.5 * distance("")  # fine-tuned from the image UNet, not the content path's
+    after = monailabel_infer(bundle, mr_volume, task)  # the network built for the dual path, reloaded
+    assert np.array_equal(after > 0, bundle_inference(bundle, mr_volume, tmp_path / "unet") > 0)
 
 
 SAMPLE_APP = Path(sys.prefix) / "monailabel" / "sample-apps" / "monaibundle"  # shipped in the monailabel wheel

@@ -22,7 +22,9 @@ from bundle.networks.content_only import ContentOnly
 from bundle.networks.geometry import from_square, to_square
 from bundle.networks.trained_for import TrainedFor
 
-__all__ = ["LiverSegmenter", "describe_paths", "join_dual_path", "load_drl_weights", "load_model", "read_weights", "recorded_adaptation"]
+OTHER_PATHS = ("refuse", "drop", "take")  # LiverSegmenter(other_paths=...)
+
+__all__ = ["OTHER_PATHS", "LiverSegmenter", "describe_paths", "join_dual_path", "load_drl_weights", "load_model", "read_weights", "recorded_adaptation"]
 
 
 class LiverSegmenter(nn.Module):
@@ -45,14 +47,25 @@ class LiverSegmenter(nn.Module):
             the content-only images; the output is then the log of the mean probabilities (a
             softmax gives them back). Assembled from two trained models by ``join_dual_path``;
             never trained as one.
+        other_paths: what loading weights of another composition (their recorded ``paths``) does:
+            ``refuse`` (an error naming both); ``drop``: the network becomes theirs when it has
+            their parts, dropping the paths they lack (inference's ``--adaptation auto``: MONAI
+            Label builds the served network once and reloads it whenever ``/train`` publishes
+            another model, e.g. a UNet in place of the shipped dual path); ``take``: the network
+            keeps its composition and takes its parts from weights that have more (train.yaml:
+            MONAI Label's ``/train`` starts from the served model, a UNet from a dual path's
+            image UNet).
 
     The content path is frozen: stage 2 trains the UNet only, so ``train()`` keeps it in eval mode.
     """
 
     def __init__(self, image_size: int = 128, content_path: nn.Module | None = None, unet: nn.Module | None = None,
                  ct_window: Sequence[float] = CT_WINDOW, mr_percentiles: Sequence[float] = MR_PERCENTILES,
-                 image_unet: nn.Module | None = None) -> None:
+                 image_unet: nn.Module | None = None, other_paths: str = "refuse") -> None:
         super().__init__()
+        if other_paths not in OTHER_PATHS:
+            raise ValueError(f"other_paths must be one of {OTHER_PATHS}, got {other_paths!r}")
+        self.other_paths = other_paths
         self.image_size = image_size
         self.content_path = content_path if content_path is not None else nn.Identity()
         self.content_path.requires_grad_(False).eval()
@@ -68,11 +81,37 @@ class LiverSegmenter(nn.Module):
         key = prefix + "paths"
         if key not in state_dict:  # weights saved before the paths were recorded: the keys alone tell
             state_dict[key] = self.paths.clone()
-        elif not torch.equal(state_dict[key].cpu().to(torch.uint8), self.paths.cpu()):
-            error_msgs.append(f"the weights are a model with {describe_paths(state_dict[key])}, but this configuration builds one with "
-                              f"{describe_paths(self.paths)}: pass the --adaptation the model was trained for")
+        theirs = state_dict[key].cpu().to(torch.uint8)
+        if not torch.equal(theirs, self.paths.cpu()) and not self._other_paths(state_dict, prefix, theirs):
+            error_msgs.append(f"the weights are a model with {describe_paths(theirs)}, but this configuration builds one with "
+                              f"{describe_paths(self.paths)} (other_paths: {self.other_paths}): pass the --adaptation the model "
+                              "was trained for (a server built for another model: restart it)")
             return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    def _other_paths(self, state_dict: dict, prefix: str, theirs: torch.Tensor) -> bool:
+        """Apply ``other_paths`` to weights with other ``paths`` (before the submodules load: torch
+        loads a module's own state first); False where it cannot."""
+        (my_content, my_dual), (their_content, their_dual) = self.paths.tolist(), theirs.tolist()
+        if self.other_paths == "drop" and (my_content or not their_content) and (my_dual or not their_dual):
+            if not their_content:  # the UNet on the images is `unet` (shaped like the image UNet)
+                self.content_path = nn.Identity()
+            if not their_dual:
+                self.image_unet = None
+            self.paths.copy_(theirs)
+            return True
+        if self.other_paths == "take" and not my_dual and their_dual:
+            # of a dual path, a UNet on the images takes the image UNet, a DADR model the content path and its UNet
+            theirs_named = {k[len(prefix):]: state_dict.pop(k) for k in [k for k in state_dict if k.startswith(prefix)]}
+            for name, value in theirs_named.items():
+                if name.startswith("image_unet."):
+                    if not my_content:
+                        state_dict[prefix + name.removeprefix("image_")] = value
+                elif my_content or not name.startswith(("content_path.", "unet.")):
+                    state_dict[prefix + name] = value
+            state_dict[prefix + "paths"] = self.paths.clone()
+            return True
+        return False
 
     def train(self, mode: bool = True) -> "LiverSegmenter":
         super().train(mode)
