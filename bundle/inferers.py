@@ -72,7 +72,8 @@ class EnsembleInferer:
             [-1, 1]; they must include 1 (the image itself).
         styles: sampled CT style codes (0: none).
         content_path: the network's ``ContentOnly``, whose style the style variants set; needed
-            when ``styles`` > 0.
+            when ``styles`` > 0. A network (or its bound method) with a ``ContentOnly`` of its own
+            passed at the call has its own set instead.
         seed: seed of the style codes (the same codes for every volume).
     """
 
@@ -95,8 +96,11 @@ class EnsembleInferer:
             probabilities = probabilities + torch.softmax(logits.float(), dim=1)
             if gamma == 1.0:
                 rest = others
+        # the content path of the network run, which need not be the one given (MONAI Label runs a copy of it)
+        running = getattr(getattr(network, "__self__", network), "content_path", None)
+        content_path = running if isinstance(running, ContentOnly) else self.content_path
         for style in self.styles:
-            with self.content_path.styled(style):
+            with content_path.styled(style):
                 logits, _ = self._infer(inputs, network)
             probabilities = probabilities + torch.softmax(logits.float(), dim=1)
         mean = probabilities / (len(self.gammas) + len(self.styles))

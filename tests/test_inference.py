@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -537,6 +538,9 @@ def test_style_ensemble_averages_content_only_images_decoded_under_sampled_ct_st
     assert not torch.allclose(expected, torch.softmax(passes[0][0], 1), atol=1e-4)  # the styles change the prediction
     assert torch.equal(content, passes[0][1]) and entropy.shape == (1, 1, 40, 50, 3) and entropy.max() > 0
     assert torch.equal(path.style, torch.zeros(path.style_dim))
+    served = copy.deepcopy(network)  # MONAI Label runs a copy of the network the config built: its own path is styled
+    with torch.no_grad():
+        assert torch.allclose(ensemble(volume, served)[0], log_mean, atol=1e-5)
     with pytest.raises(ValueError, match="content path"):
         EnsembleInferer(slices, styles=2, content_path=None)
     with pytest.raises(ValueError, match="shape"):
