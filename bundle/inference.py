@@ -11,6 +11,7 @@ threads read the next cases and write the finished ones while the network runs.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,6 +33,9 @@ __all__ = ["find_volumes", "SegmentVolumes", "OUTPUT_SUFFIXES"]
 logger = logging.getLogger(__name__)
 
 OUTPUT_SUFFIXES = ("_liver", "_content", "_uncertainty")  # what inference writes; never read back as input
+# the first or last word of a mask's file name beside its scan (label_8.nii.gz, 8_seg.nii.gz, mr_001_labels.nii.gz,
+# prepare_data.py's NAME_organs.nii.gz)
+MASK_WORDS = ("label", "labels", "mask", "masks", "seg", "segmentation", "gt", "organs")
 
 
 def find_volumes(dataset_dir: str | Path) -> list[Path]:
@@ -47,7 +51,12 @@ def find_volumes(dataset_dir: str | Path) -> list[Path]:
             logger.warning("%s: empty folder, skipped", path)
             continue
         if path.is_dir() or path.name.endswith(IMAGE_SUFFIXES):
-            if case_name(path).endswith(OUTPUT_SUFFIXES + ("_labels",)):
+            name = case_name(path)
+            if name.endswith(OUTPUT_SUFFIXES):
+                continue
+            words = re.split(r"[_\-. ]+", name.lower())
+            if words[0] in MASK_WORDS or words[-1] in MASK_WORDS:
+                logger.info("%s: named like a mask, not segmented", path)
                 continue
             cases.append(path)
     if not cases:

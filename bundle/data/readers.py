@@ -28,6 +28,7 @@ __all__ = ["Volume", "read_image", "read_mask", "natural_key", "IMAGE_SUFFIXES",
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+MAX_LABEL_VALUES = 16  # a volume with this many whole values or fewer is a label map, not a scan
 
 
 @dataclass
@@ -143,7 +144,8 @@ def _check_volume(image: sitk.Image, path: Path) -> None:
 def check_contrast(array: np.ndarray, path: str | Path, percentiles: tuple[float, float] | None = None) -> None:
     """A scan to segment must show something: not one value in every voxel (a blank or zero-filled
     export) and, for MR normalised by ``percentiles``, not one value over that range (it would map
-    every voxel to the same grey and the network would answer noise)."""
+    every voxel to the same grey and the network would answer noise), and not a label map (a few
+    whole values: a mask given where a scan was expected would get a made-up liver)."""
     low, high = float(np.min(array)), float(np.max(array))
     if low == high:
         raise DataError(path, f"has the value {low:g} in every voxel: a blank image, nothing to segment")
@@ -152,6 +154,9 @@ def check_contrast(array: np.ndarray, path: str | Path, percentiles: tuple[float
         if p_low == p_high:
             raise DataError(path, f"has no contrast: its {percentiles[0]:g}-{percentiles[1]:g} percentiles are both {p_low:g} "
                                   "(nearly every voxel has one value), so MR normalisation has no range")
+    sample = np.unique(np.asarray(array).ravel()[:: max(1, np.asarray(array).size // 200_000)])  # a scan has hundreds of values
+    if len(sample) <= MAX_LABEL_VALUES and np.array_equal(sample, np.round(sample)):
+        raise DataError(path, f"holds only the values {', '.join(f'{v:g}' for v in sample)}: a label map (a mask), not a scan to segment")
 
 
 def read_image(path: str | Path) -> Volume:
