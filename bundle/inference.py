@@ -33,9 +33,9 @@ __all__ = ["find_volumes", "SegmentVolumes", "OUTPUT_SUFFIXES"]
 logger = logging.getLogger(__name__)
 
 OUTPUT_SUFFIXES = ("_liver", "_content", "_uncertainty")  # what inference writes; never read back as input
-# the first or last word of a mask's file name beside its scan (label_8.nii.gz, 8_seg.nii.gz, mr_001_labels.nii.gz,
-# prepare_data.py's NAME_organs.nii.gz)
-MASK_WORDS = ("label", "labels", "mask", "masks", "seg", "segmentation", "gt", "organs")
+# the first or last word of a mask's file or folder name beside its scan (label_8.nii.gz, 8_seg.nii.gz, mr_001_labels.nii.gz,
+# prepare_data.py's NAME_organs.nii.gz, the Ground folder of PNG masks beside CHAOS's DICOM_anon series)
+MASK_WORDS = ("label", "labels", "mask", "masks", "seg", "segmentation", "gt", "organs", "ground")
 
 
 def find_volumes(dataset_dir: str | Path) -> list[Path]:

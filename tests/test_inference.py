@@ -267,6 +267,8 @@ def test_inference_writes_every_good_case_on_its_grid_and_names_the_bad_ones(pha
     flat.CopyInformation(image)
     sitk.WriteImage(flat, str(inputs / "bad_flat.nii.gz"))
     shutil.copy(phantoms / "mr/mr_002_liver.nii.gz", inputs / "label_2.nii.gz")  # a mask beside its scan, named as one: skipped
+    (inputs / "Ground").mkdir()  # CHAOS's folder of PNG masks beside its DICOM series: skipped
+    (inputs / "Ground" / "liver_001.png").write_bytes(b"\x89PNG")
     shutil.copy(phantoms / "mr/mr_002_labels.nii.gz", inputs / "bad_labelmap.nii.gz")  # named like a scan: refused by its values
     result = run_inference(inputs, out, weights / "model.pt")
     assert result.returncode != 0
@@ -275,7 +277,8 @@ def test_inference_writes_every_good_case_on_its_grid_and_names_the_bad_ones(pha
                          ("bad_labelmap", "holds only the values 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11: a label map (a mask)")]:
         assert f"{bad}.nii.gz" in result.stderr and problem in result.stderr, result.stderr[-3000:]
         assert not list(out.glob(f"{bad}*"))
-    assert not list(out.glob("label_2*")) and "label_2.nii.gz" not in result.stderr
+    assert not list(out.glob("label_2*")) and not list(out.glob("Ground*")) and "label_2.nii.gz" not in result.stderr
+    assert "Ground" not in result.stderr
     reference = nib.load(source)
     for case in ("case_nifti", "case_nrrd", "case_dicom"):
         mask, content = nib.load(out / f"{case}_liver.nii.gz"), nib.load(out / f"{case}_content.nii.gz")
