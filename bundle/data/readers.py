@@ -154,7 +154,8 @@ def check_contrast(array: np.ndarray, path: str | Path, percentiles: tuple[float
         if p_low == p_high:
             raise DataError(path, f"has no contrast: its {percentiles[0]:g}-{percentiles[1]:g} percentiles are both {p_low:g} "
                                   "(nearly every voxel has one value), so MR normalisation has no range")
-    sample = np.unique(np.asarray(array).ravel()[:: max(1, np.asarray(array).size // 200_000)])  # a scan has hundreds of values
+    voxels = np.asarray(array).ravel()
+    sample = np.unique(voxels[:: max(1, voxels.size // 200_000)])  # a scan has hundreds of values
     if len(sample) <= MAX_LABEL_VALUES and np.array_equal(sample, np.round(sample)):
         raise DataError(path, f"holds only the values {', '.join(f'{v:g}' for v in sample)}: a label map (a mask), not a scan to segment")
 
