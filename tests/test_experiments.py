@@ -139,6 +139,7 @@ def test_experiment_runner_two_folds_on_phantoms_resumes(phantoms, tmp_path):
                 assert len({r["image"] for r in got}) == len(got)
                 assert all(0.0 <= r["dice"] <= 1.0 for r in got)
     assert [t for t, e, *_ in TABLES if e in ("da", "multiphase")] == list(result["tables"])
+    assert not [p for p in (out / "da").glob("fold_*/unet_ct/trained") if "copied_from" in json.loads(p.read_text())]  # CT split: one each
     markdown = (out / "results.md").read_text()
     assert "DADR (UNet on content-only CT) | " in markdown and "0.81 (0.03)" in markdown
     assert len((out / "results.csv").read_text().splitlines()) == len(rows) + 1
@@ -252,6 +253,28 @@ def test_run_folds_trains_the_chosen_folds_and_tables_every_finished_one(phantom
         run_experiments(phantoms / "datalist.json", tmp_path / "other", run_folds=2, **settings)
     with pytest.raises(ValueError, match="--run_folds: fold indices from 0 and/or 'all', got 'last'"):
         run_experiments(phantoms / "datalist.json", tmp_path / "other", run_folds="last", **settings)
+
+
+def test_folds_share_a_model_trained_on_the_ct_alone(phantoms, tmp_path):
+    """With the CT not split, a model that sees no MR (``unet_ct_rand``) trains once: the other fold and
+    the run on every subject copy it (weights and marker, saying from where), and each fold still
+    tests it on its own held-out MR."""
+    out = tmp_path / "shared"
+    settings = dict(folds=2, size=64, dim=8, seg_epochs=1, experiments="self_training", models="unet_ct_rand", split_source=False,
+                    iterations_per_epoch=2, unet_channels=[8, 16, 32, 64, 128], figures=False)
+    rows = run_experiments(phantoms / "datalist.json", out, run_folds="0,1,all", **settings)["rows"]
+    root = out / "self_training"
+    folders = [root / f / "unet_ct_rand" for f in ("fold_0", "fold_1", "all")]
+    assert folders[0].joinpath("model.pt").read_bytes() == folders[1].joinpath("model.pt").read_bytes() == folders[2].joinpath("model.pt").read_bytes()
+    markers = [json.loads((f / "trained").read_text()) for f in folders]
+    trained = [f for f, m in zip(folders, markers) if "copied_from" not in m]
+    assert len(trained) == 1 and all(m.get("copied_from") in (None, str(trained[0])) for m in markers)
+    assert len({m["train_seconds"] for m in markers}) == 1
+    assert [f for f in folders if (f / "checkpoints").exists()] == trained
+    for fold in (0, 1):
+        held_out = json.loads((root / f"fold_{fold}" / "datalist.json").read_text())["target_test"]
+        assert sorted(r["image"].split("/")[-1] for r in rows if r["fold"] == fold) == sorted(e["image"].split("/")[-1] for e in held_out)
+        assert (folders[fold] / "test_mr" / "metrics.json").is_file()
 
 
 @pytest.mark.parametrize("experiment, teacher, student", [("self_training", "dacgan", "agreement_st"), ("dadr", "dacgan", "dadr_agreement_st"),
