@@ -360,13 +360,15 @@ def test_ship_weights_halves_both_files_all_or_nothing(weights, tmp_path):
 
 
 def test_shipped_model_fits_the_inference_config():
-    """models/model.pt loads strictly into inference.yaml's network as a user runs it (the shipped
-    model sees the image itself); models/drl.pth is a content path that fits --adaptation dadr."""
+    """models/model.pt loads strictly into inference.yaml's network as a user runs it: --adaptation
+    auto builds the dual path the weights record; models/drl.pth is the whole DRLModule whose
+    content path model.pt holds, and it fits --adaptation dadr."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(str(ROOT / "configs/inference.yaml"))
     parser["device"] = "$torch.device('cpu')"
+    assert parser.get_parsed_content("built_adaptation") == "dual"
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(torch.load(ROOT / "models/model.pt", map_location="cpu", weights_only=True))  # strict
     x = torch.rand(1, 1, parser["image_size"], parser["image_size"]) * 2 - 1
@@ -374,9 +376,14 @@ def test_shipped_model_fits_the_inference_config():
         assert network.eval()(x).shape == (1, 2, parser["image_size"], parser["image_size"])
     parser["adaptation"] = "dadr"
     dadr_network = load_drl_weights(parser.get_parsed_content("network_def", instantiate=True, lazy=False), ROOT / "models/drl.pth")
+    for key, value in dadr_network.content_path.state_dict().items():  # the same stage 1 in both files
+        assert torch.equal(value, network.content_path.state_dict()[key]), key
     with torch.no_grad():  # a content-only image, not the input passed through
         content = dadr_network.eval().segment_with_content(x)[1]
     assert content.shape == x.shape and torch.isfinite(content).all() and not torch.allclose(content, x, atol=0.1)
+    drl = torch.load(ROOT / "models/drl.pth", map_location="cpu", weights_only=True)
+    assert {k.split(".")[0] + "." + k.split(".")[1] for k in drl if "." in k} >= {
+        "style_encoders.ct", "style_encoders.mr", "generators.ct", "generators.mr"}  # style transfer too, not the content path alone
     assert sum((ROOT / "models" / name).stat().st_size for name in ("model.pt", "drl.pth")) <= 40 * 2**20
 
 
