@@ -55,6 +55,7 @@ from bundle.networks.segmenter import join_dual_path
 from bundle.pipeline import CONFIGS, run_cyclegan, run_evaluation, run_stage1, run_stage2
 from bundle.precision import precision_that_runs
 from bundle.self_training import PSEUDO_SECTION, pseudo_labelled_datalist
+from bundle.stress import VARIANTS, make_stress_suite, suite_datalist
 from bundle.tables import tables
 
 __all__ = ["MODELS", "EXPERIMENTS", "run_experiments", "experiment_figures"]
@@ -70,6 +71,10 @@ MODELS = {
     "dadr_mr": ({"adaptation": "dadr", "train_section": "target_labelled", "train_modality": "mr"}, "dadr"),  # content path's ceiling
     "joint": ({"adaptation": "dadr", "train_section": "source", "train_modality": "ct", "joint": True}, "dadr"),
     "unet_ct_rand": ({"adaptation": "none", "train_section": "source", "train_modality": "ct", "appearance_randomisation": True}, "none"),
+    # the contrast-agnostic source (bundle/synthesis.py): CT slices re-rendered with a random intensity per tissue
+    "unet_ct_synth": ({"adaptation": "none", "train_section": "source", "train_modality": "ct", "synthesis": True}, "none"),
+    "unet_ct_synth_rand": ({"adaptation": "none", "train_section": "source", "train_modality": "ct", "synthesis": True,
+                            "appearance_randomisation": True}, "none"),
     "dadr_rand": ({"adaptation": "dadr", "train_section": "source", "train_modality": "ct", "appearance_randomisation": True}, "dadr"),
     # self-training: labelled CT + the fold's training MR pseudo-labelled by the TEACHERS model (bundle/self_training.py)
     "unet_ct_rand_st": ({"adaptation": "none", "train_section": "source", "train_modality": "ct", "appearance_randomisation": True,
@@ -109,6 +114,7 @@ EXPERIMENTS = {  # model -> the held-out modalities it is tested on
              "unet_ct_rand": ("mr",), "dacgan": ("mr",), "dadr_agreement_st": ("mr",),  # and self-trained from stronger teachers
              "agreement_st": ("mr",), "dadr_dual_st": ("mr",),  # the same teachers' student on the images, and both paths averaged
              "dadr_dual_rand": ("mr",),  # the DADR student averaged with the randomised CT UNet (no second student to train)
+             "unet_ct": ("mr",), "unet_ct_synth": ("mr",), "unet_ct_synth_rand": ("mr",),  # no adaptation; the synthetic source
              "dadr_style": ("mr",), "dadr_style_st": ("mr",),  # DADR's diverse style transfer, alone and self-trained
              "unet_mr": ("mr",), "dadr_mr": ("mr",)},  # supervised bounds: MR images, content-only MR images (stage 1's ceiling)
     "self_training": {"unet_ct_rand": ("mr",), "unet_ct_rand_st": ("mr",), "unet_ct_rand_st2": ("mr",),  # without adaptation, two rounds
@@ -236,8 +242,28 @@ def _run_fold(fold_dir: Path, fold: int | str, models: dict, settings: dict) -> 
                 metrics = run_evaluation(datalist, model_path, out, sizes, adaptation=adaptation, modality=test, eval_section=TEST_SECTIONS[test])
             rows += [{"fold": fold, "model": model, "test": test, "train_seconds": marker.get("train_seconds"), "precision": marker.get("precision"),
                       **shared, **row} for row in metrics["subjects"]]
+            if test == "mr" and settings["stress"]:  # the same held-out patients under each shift of the robustness suite
+                subjects = [subject(e) for e in sections[TEST_SECTIONS[test]]]
+                for variant, suite in _stress_suite(fold_dir.parents[1]).items():
+                    variant_out = fold_dir / model / f"test_mr_{variant}"
+                    if (variant_out / "metrics.json").is_file():
+                        metrics = json.loads((variant_out / "metrics.json").read_text())
+                    else:
+                        held_out = suite_datalist(suite, subjects, fold_dir / "stress" / f"{variant}.json")
+                        metrics = run_evaluation(held_out, model_path, variant_out, sizes, adaptation=adaptation, modality="mr",
+                                                 eval_section="target_test")
+                    rows += [{"fold": fold, "model": model, "test": f"mr/{variant}", "train_seconds": marker.get("train_seconds"),
+                              "precision": marker.get("precision"), **shared, **row} for row in metrics["subjects"]]
     _write_json(done, rows)
     return rows
+
+
+STRESS_SUITE = "stress_suite"  # the robustness suite's folder in a run folder (bundle/stress.py)
+
+
+def _stress_suite(out: Path) -> dict[str, Path]:
+    """The robustness suite's variant datalists of the run in ``out`` (made by ``run_experiments``)."""
+    return {v: out / STRESS_SUITE / v / "datalist.json" for v in VARIANTS}
 
 
 def _trained_twin(fold_dir: Path, model: str, sections: dict) -> Path | None:
@@ -294,7 +320,8 @@ def _train_seconds(model_dir: Path) -> float | None:
     return _marker(model_dir).get("train_seconds")
 
 
-ADDED_SETTINGS = {"task_weight": 0.0, "models": None, "paper_stage1": False, "pseudo_repeat": 1, "stage1_pseudo_labels": False}  # settings newer than some recorded runs, at the value those runs used
+ADDED_SETTINGS = {"task_weight": 0.0, "models": None, "paper_stage1": False, "pseudo_repeat": 1, "stage1_pseudo_labels": False,
+                  "stress": False}  # settings newer than some recorded runs, at the value those runs used
 
 
 def _names(text: str | list[str]) -> list[str]:
@@ -349,7 +376,7 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
                     amp: str | None = None, iterations_per_epoch: int | None = None, unet_channels: list[int] | None = None,
                     context_slices: int = 0, organs: bool = False, task_weight: float = 0.0, models: str | list[str] | None = None,
                     paper_stage1: bool = False, pseudo_repeat: int = 1, run_folds: str | list[int] | None = None,
-                    stage1_pseudo_labels: bool = False) -> dict:
+                    stage1_pseudo_labels: bool = False, stress: bool = False) -> dict:
     """Run the experiments under ``out``; writes ``results.csv``, ``results.json`` and ``results.md``.
 
     Args:
@@ -400,6 +427,8 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
         stage1_pseudo_labels: stage 1's task term also on the fold's training MR, against the masks where
             ``STAGE1_TEACHERS`` (trained first, without MR labels) agree (drl_train.yaml ``target_pseudo_labels``):
             stage 1 adapts to every training MR and segments those whose masks passed the filters; needs ``task_weight`` > 0.
+        stress: also test every model on the robustness suite (``bundle/stress.py``): each held-out MR under each
+            shift, made once from the datalist's labelled MR into ``out/stress_suite``; rows ``mr/<variant>``.
     """
     out = Path(out)
     figures, split_source, organs = flag(figures, "figures"), flag(split_source, "split_source"), flag(organs, "organs")
@@ -419,7 +448,8 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
                 "iterations_per_epoch": iterations_per_epoch, "unet_channels": list(unet_channels or [16, 32, 64, 128, 256]),
                 "context_slices": context_slices, "organs": organs, "task_weight": task_weight,
                 "models": None if models is None else _names(models), "paper_stage1": flag(paper_stage1, "paper_stage1"),
-                "pseudo_repeat": int(pseudo_repeat), "stage1_pseudo_labels": flag(stage1_pseudo_labels, "stage1_pseudo_labels")}
+                "pseudo_repeat": int(pseudo_repeat), "stage1_pseudo_labels": flag(stage1_pseudo_labels, "stage1_pseudo_labels"),
+                "stress": flag(stress, "stress")}
     if settings["paper_stage1"] and task_weight:
         raise ValueError("--paper_stage1 True is the paper's stage 1: it has no task-aware term (--task_weight 0)")
     if settings["stage1_pseudo_labels"] and not task_weight:
@@ -449,6 +479,8 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
 
     plans = {experiment: fold_lists(experiment) for experiment in targets}  # bad inputs fail before anything is written
     _check_resumable(out / "settings.json", settings)
+    if settings["stress"]:
+        make_stress_suite(labelled_entries(datalist, LABELLED_MR_SECTIONS, "mr"), out / STRESS_SUITE, seed=seed)
     rows_by_experiment = {}
     for experiment, mr in targets.items():
         ct_test, mr_test = plans[experiment]

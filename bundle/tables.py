@@ -43,6 +43,9 @@ TABLES = [
         ("self-training where those two agree, without the content path (UNet on the images)", "agreement_st", {"mr": "-"}),
         ("dual path: mean of the two self-trained UNets' probabilities (content-only image, image)", "dadr_dual_st", {"mr": "-"}),
         ("dual path: mean of the DADR student's and the randomised CT UNet's probabilities", "dadr_dual_rand", {"mr": "-"}),
+        ("CT trained, no adaptation", "unet_ct", {"mr": "0.26 (0.07)"}),
+        ("CT trained on the synthetic source (random intensity per tissue)", "unet_ct_synth", {"mr": "-"}),
+        ("+ appearance randomisation", "unet_ct_synth_rand", {"mr": "-"}),
         ("DADR diverse style transfer (UNet on CT->MR, random MR styles of stage 1; a teacher below)", "dadr_style", {"mr": "-"}),
         ("+ appearance randomisation + self-training where it and the randomised CT UNet agree", "dadr_style_st", {"mr": "-"}),
         ("supervised MR (upper bound; MR labels)", "unet_mr", {"mr": "0.869 (0.044)"}),
@@ -125,4 +128,26 @@ def tables(rows_by_experiment: dict[str, list[dict]]) -> tuple[dict, str]:
             lines += [f"| {case_name(i)} | " + " | ".join(f"{per_image[label][i]:.3f}" if i in per_image[label] else "-" for label, _ in mr_columns) + " |"
                       for i in images]
             lines.append("")
+        if stress := _stress_lines(rows, [(label, model) for label, model, _ in table_rows]):
+            lines += stress
     return tables, "\n".join(lines)
+
+
+def _stress_lines(rows: list[dict], models: list[tuple[str, str]]) -> list[str]:
+    """The robustness suite's table (``mr/<variant>`` rows): Dice mean (std) per model, clean and per
+    variant, and the lowest patient over all of them; empty when the run had no suite."""
+    variants = sorted({r["test"] for r in rows if r["test"].startswith("mr/")})
+    if not variants:
+        return []
+    lines = ["Robustness suite (the same held-out MR under each shift, bundle/stress.py): Dice mean (std); lowest: the lowest patient of any column", "",
+             "| method | clean | " + " | ".join(v.split("/", 1)[1] for v in variants) + " | mean of the variants | lowest |",
+             "|---" * (4 + len(variants)) + "|"]
+    for label, model in models:
+        columns = [list(_image_dice(rows, model, test).values()) for test in ["mr", *variants]]
+        if not any(columns):
+            continue
+        means = [float(np.mean(c)) for c in columns[1:] if c]
+        lowest = min(min(c) for c in columns if c)
+        lines.append(f"| {label} | " + " | ".join(_mean_std(c) for c in columns)
+                     + f" | {np.mean(means):.3f} | {lowest:.3f} |")
+    return lines + [""]

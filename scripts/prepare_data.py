@@ -1,6 +1,6 @@
 """Prepare real scans for the pipeline: NIfTI image + binary liver mask on its grid, and a datalist.
 
-    python scripts/prepare_data.py case --image IMG --mask MASK --out DIR --name NAME [--liver_label K] [--organs right_kidney=2,left_kidney=3,spleen=4]
+    python scripts/prepare_data.py case --image IMG --mask MASK --out DIR --name NAME [--liver_label K] [--organs right_kidney=2,left_kidney=3,spleen=4] [--label_map True]
     python scripts/prepare_data.py chaos --root ROOT --out DIR
     python scripts/prepare_data.py datalist --source DIR[,DIR...] --target DIR [--target_test DIR] --out FILE
     python scripts/prepare_data.py slice_cache --datalist FILE --out FILE.pt.xz [--image_size 128] [--mr_pseudo_labels True]
@@ -15,10 +15,12 @@ from bundle.data import prepare, slices
 class PrepareData:
     """Data preparation commands (see ``bundle/data/prepare.py``)."""
 
-    def case(self, image: str, mask: str, out: str, name: str, liver_label: int | None = None, organs: str | None = None) -> None:
+    def case(self, image: str, mask: str, out: str, name: str, liver_label: int | None = None, organs: str | None = None,
+             label_map: bool = False) -> None:
         """One scan: IMG (NIfTI/NRRD/MHA file or DICOM folder) + MASK (file, DICOM folder or PNG folder);
-        --organs: the kidneys' and spleen's ids in a multi-class MASK, for the organ map NAME_organs.nii.gz."""
-        print(json.dumps(prepare.prepare_case(image, mask, out, name, liver_label, organs)))
+        --organs: the kidneys' and spleen's ids in a multi-class MASK, for the organ map NAME_organs.nii.gz;
+        --label_map True: every label of MASK as NAME_labels.nii.gz (the synthetic source's tissue classes)."""
+        print(json.dumps(prepare.prepare_case(image, mask, out, name, liver_label, organs, flag(label_map, "label_map"))))
 
     def chaos(self, root: str, out: str) -> None:
         """Every case of a CHAOS training-set folder (CT/<id>, MR/<id>/T1DUAL|T2SPIR)."""

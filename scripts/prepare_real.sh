@@ -8,6 +8,8 @@
 # only those); OUT/extra: scans that
 # duplicate a subject or whose masks are model predictions (TotalSegmentator MR), prepared to
 # show the formats work.
+# SABS also keeps its 13 labels (NAME_labels.nii.gz, the datalists' "labels" key: the classes the synthetic
+# source re-renders, train.yaml --synthesis True).
 # SABS and CHAOS T2 also get an organ map (NAME_organs.nii.gz: liver, kidneys, spleen; the
 # datalists' "organs" key) for multi-organ training (train.yaml --label_key organs).
 # Datalists: OUT/datalist.json (source: every labelled CT) and OUT/datalist_sabs.json (source:
@@ -32,7 +34,7 @@ prep --image "$REAL/totalseg/example_ct_sm.nii.gz" --mask "$REAL/totalseg/exampl
 prep --image "$REAL/totalseg/example_mr_sm.nii.gz" --mask "$REAL/totalseg/example_seg_mr.nii.gz" --liver_label 5 --out "$OUT/extra" --name totalseg_mr_sm
 for id in ${SABS_IDS:-$(seq 0 29)}; do
   prep --image "$REAL/sabs_ct/image_$id.nii.gz" --mask "$REAL/sabs_ct/label_$id.nii.gz" --liver_label 6 \
-    --organs right_kidney=2,left_kidney=3,spleen=1 --out "$OUT/sabs_ct" --name "sabs_ct_$id"
+    --organs right_kidney=2,left_kidney=3,spleen=1 --label_map True --out "$OUT/sabs_ct" --name "sabs_ct_$id"
 done
 for id in ${MR_IDS:-$(ls "$REAL"/chaos_mr_t2/image_*.nii.gz | sed 's/.*image_\(.*\)\.nii\.gz/\1/')}; do
   prep --image "$REAL/chaos_mr_t2/image_$id.nii.gz" --mask "$REAL/chaos_mr_t2/label_$id.nii.gz" --liver_label 1 \

@@ -24,6 +24,7 @@ from bundle.losses import CycleGANLoss
 from bundle.networks import CycleGAN, LiverSegmenter, PatchDiscriminators, load_style_transfer, load_translator
 from bundle.pipeline import run_cyclegan, run_stage1
 from bundle import precision
+from bundle.stress import VARIANTS
 
 SIZES = {"image_size": 64, "dim": 8}
 
@@ -456,3 +457,20 @@ def test_long_gan_runs_checkpoint_at_least_every_checkpoint_iterations():
         interval = gan_val_interval(n)
         assert interval <= CHECKPOINT_ITERATIONS and 0 <= n - (n // interval) * interval < n // interval
     assert gan_val_interval(10000) == 500 and gan_val_interval(1750) == 437
+
+
+def test_runner_scores_the_synthetic_source_on_the_clean_and_the_stressed_held_out_mr(phantoms, tmp_path):
+    """--stress True: the suite is made once in the run folder, and each fold's model is tested on its own
+    held-out patients under every shift; the tables gain the robustness table with every variant."""
+    out = tmp_path / "stress"
+    settings = dict(folds=2, size=64, dim=8, seg_epochs=1, experiments="dadr", models="unet_ct_synth", split_source=False,
+                    iterations_per_epoch=2, unet_channels=[8, 16, 32, 64, 128], figures=False, stress=True)
+    result = run_experiments(phantoms / "datalist.json", out, **settings)
+    assert sorted((out / "stress_suite").iterdir()) == sorted(out / "stress_suite" / v for v in VARIANTS)
+    for fold in (0, 1):
+        held_out = sorted(e["subject"] for e in json.loads((out / "dadr" / f"fold_{fold}" / "datalist.json").read_text())["target_test"])
+        for test in ["mr", *(f"mr/{v}" for v in VARIANTS)]:
+            rows = [r for r in result["rows"] if r["fold"] == fold and r["test"] == test]
+            assert sorted(r["subject"] for r in rows) == held_out and all(0 <= r["dice"] <= 1 for r in rows)
+    markdown = (out / "results.md").read_text()
+    assert "Robustness suite" in markdown and all(v in markdown for v in VARIANTS)

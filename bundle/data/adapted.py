@@ -38,15 +38,22 @@ class AdaptedSlices(Dataset):
         batch_size: slices per forward pass.
         label_key: the entries' key of the label map to train on: ``label`` (the liver mask) or
             ``organs`` (the organ map of ``prepare_data.py case --organs``: liver, kidneys, spleen).
+        tissue_key: the entries' key of their whole label map (``prepare_data.py case --label_map``),
+            given with the slices of the entries that have one as item key ``tissues`` (what
+            ``bundle.synthesis.RandTissueSynthesisd`` re-renders), or ``None``. Only for slices as
+            they are (no content path, no translator): the tissue classes read their CT values.
         preprocessing: ``ct_window``, ``mr_percentiles`` and ``context_slices`` of ``volume_slices``.
     """
 
     def __init__(self, data: list[dict], network: LiverSegmenter, modality: str = "ct",
                  transform: Callable | None = None, translator: nn.Module | None = None, batch_size: int = 32, label_key: str = "label",
-                 **preprocessing) -> None:
+                 tissue_key: str | None = None, **preprocessing) -> None:
         if missing := [e["image"] for e in data if label_key not in e]:
             raise DataError(missing[0], f"has no {label_key!r} label map in the datalist ({len(missing)} such entries)"
                                         + ("; make organ maps with prepare_data.py case --organs" if label_key == "organs" else ""))
+        if tissue_key and (translator is not None or isinstance(network.content_path, ContentOnly)):
+            raise ValueError("the synthetic source re-renders CT slices as they are: it needs --adaptation none")
+        tissue_maps = [{**e, "label": e[tissue_key]} for e in data if tissue_key and tissue_key in e]
         data = [{**e, "label": e[label_key]} for e in data]
         images, labels = [], []
         for mod in ("ct", "mr"):
@@ -64,6 +71,12 @@ class AdaptedSlices(Dataset):
             labels.append(slices["label"])
         empty = torch.empty(0, 1, network.image_size, network.image_size)
         self.images, self.labels = torch.cat(images or [empty]), torch.cat(labels or [empty])
+        self.tissues = None
+        if tissue_maps:  # the same volumes in the same order as the images' first entries, so slice i is image i's
+            if any(e.get("modality", modality) != "ct" for e in tissue_maps) or len(tissue_maps) != sum(e.get("modality", modality) == "ct" for e in data):
+                raise DataError(tissue_maps[0]["image"], f"the synthetic source needs a {tissue_key!r} label map for every CT entry and none for MR")
+            slices = volume_slices(tissue_maps, "ct", network.image_size, with_label=True, source=tissue_maps[0]["image"], **preprocessing)
+            self.tissues = slices["label"].to(torch.uint8)
         self.transform = transform
 
     @staticmethod
@@ -88,5 +101,7 @@ class AdaptedSlices(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         item = {"image": self.images[i], "label": self.labels[i]}
+        if self.tissues is not None and i < len(self.tissues):  # the CT slices come first
+            item["tissues"] = self.tissues[i]
         return self.transform(item) if self.transform is not None else item
 

@@ -29,7 +29,7 @@ def read_datalist(path: str | Path, section: str) -> list[dict]:
     if section not in datalist or not datalist[section]:
         raise DataError(path, f"has no entries in section {section!r} (sections: {sorted(datalist)})")
     base = path.resolve().parent
-    return [{**e, **{k: str(base / e[k]) for k in ("image", "label", "organs") if k in e}} for e in datalist[section]]
+    return [{**e, **{k: str(base / e[k]) for k in ("image", "label", "organs", "labels") if k in e}} for e in datalist[section]]
 
 
 def target_with_pseudo_labels(path: str | Path) -> list[dict]:

@@ -269,7 +269,8 @@ def make_phantoms(out: str | Path, n_ct: int = 8, n_mr: int = 8, seed: int = 0, 
         _write(out / "ct", {f"{name}_image.nii.gz": render_ct(anatomy, rng),
                             f"{name}_liver.nii.gz": (anatomy.labels == 1).astype(np.uint8),
                             f"{name}_labels.nii.gz": anatomy.labels}, anatomy)
-        source.append({"image": f"ct/{name}_image.nii.gz", "label": f"ct/{name}_liver.nii.gz", "subject": name})
+        source.append({"image": f"ct/{name}_image.nii.gz", "label": f"ct/{name}_liver.nii.gz", "labels": f"ct/{name}_labels.nii.gz",
+                       "subject": name})
     for j in range(n_mr):
         rng = _subject_rng(seed, 1, j)
         anatomy = make_anatomy(rng, size, fov_mm=rng.uniform(340, 400), slice_mm=rng.uniform(6.0, 8.0))

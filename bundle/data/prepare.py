@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIX = "_image.nii.gz"
 LIVER_SUFFIX = "_liver.nii.gz"
 ORGANS_SUFFIX = "_organs.nii.gz"
+LABELS_SUFFIX = "_labels.nii.gz"  # the whole multi-class mask on the image grid: the tissue classes of the synthetic source
 # The organ map's classes (CHAOS's abdominal labels): training on them teaches the UNet what the
 # liver is not (the right kidney and the spleen are what a liver-only model confuses it with).
 ORGANS = ("liver", "right_kidney", "left_kidney", "spleen")
@@ -124,6 +125,15 @@ def organ_map(mask: sitk.Image, image: Volume, mask_path: str | Path, liver_labe
     return sitk.Resample(mapped, image.image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
 
 
+def _label_map(mask: sitk.Image, image: Volume, mask_path: str | Path) -> sitk.Image:
+    """The mask's every label (uint8, ids as in the mask) on ``image``'s grid: what the
+    contrast-agnostic source (``bundle.synthesis``) re-renders class by class."""
+    values = sitk.GetArrayViewFromImage(mask)
+    if values.min() < 0 or values.max() > 255:
+        raise DataError(mask_path, f"has label ids outside 0..255 ({values.min()}..{values.max()}): not a label map")
+    return sitk.Resample(sitk.Cast(mask, sitk.sitkUInt8), image.image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+
+
 def liver_stats(image: sitk.Image, liver: sitk.Image) -> dict:
     """Physical facts that tell a correct mask from a misaligned one.
 
@@ -161,10 +171,11 @@ def _storage_type(image: sitk.Image) -> sitk.Image:
 
 
 def prepare_case(image: str | Path, mask: str | Path, out: str | Path, name: str, liver_label: int | None = None,
-                 organs: str | dict | None = None) -> dict:
+                 organs: str | dict | None = None, label_map: bool = False) -> dict:
     """Write ``out/NAME_image.nii.gz`` and ``out/NAME_liver.nii.gz`` (uint8 0/1) on the image's grid,
-    and with ``organs`` (the other organs' ids in a multi-class mask, ``"right_kidney=2,..."``) the
-    organ map ``out/NAME_organs.nii.gz`` (``ORGANS``, from 1).
+    with ``organs`` (the other organs' ids in a multi-class mask, ``"right_kidney=2,..."``) the
+    organ map ``out/NAME_organs.nii.gz`` (``ORGANS``, from 1), and with ``label_map`` the whole mask,
+    every id kept, as ``out/NAME_labels.nii.gz`` (the synthetic source's tissue classes).
 
     All files appear together or not at all. Returns the ``liver_stats`` of the result.
     """
@@ -173,7 +184,7 @@ def prepare_case(image: str | Path, mask: str | Path, out: str | Path, name: str
         raise DataError(name or "<empty name>", "is not a usable case name")
     out_dir = Path(out)
     inputs = {Path(p).resolve() for p in (image, mask)}
-    suffixes = [IMAGE_SUFFIX, LIVER_SUFFIX] + ([ORGANS_SUFFIX] if organs else [])
+    suffixes = [IMAGE_SUFFIX, LIVER_SUFFIX] + ([ORGANS_SUFFIX] if organs else []) + ([LABELS_SUFFIX] if label_map else [])
     for target in (out_dir / f"{name}{suffix}" for suffix in suffixes):
         if target.resolve() in inputs:
             raise DataError(target, "is an input of this command and would be overwritten; choose another --out or --name")
@@ -181,7 +192,7 @@ def prepare_case(image: str | Path, mask: str | Path, out: str | Path, name: str
     check_contrast(sitk.GetArrayViewFromImage(volume.image), volume.path, MR_PERCENTILES)  # any scan has that much range
     labels = read_mask(mask, volume)
     liver = align_mask(labels, volume, mask, liver_label)
-    maps = [organ_map(labels, volume, mask, liver_label, organs)] if organs else []
+    maps = ([organ_map(labels, volume, mask, liver_label, organs)] if organs else []) + ([_label_map(labels, volume, mask)] if label_map else [])
     out = check_writable_dir(out)
     targets = [out / f"{name}{suffix}" for suffix in suffixes]
     try:
@@ -253,6 +264,8 @@ def _cases(folder: Path, labelled: bool, out_dir: Path) -> list[dict]:
             entry["label"] = os.path.relpath(liver, out_dir)
             if (organs := folder / f"{subject}{ORGANS_SUFFIX}").exists():
                 entry["organs"] = os.path.relpath(organs, out_dir)
+            if (labels := folder / f"{subject}{LABELS_SUFFIX}").exists():
+                entry["labels"] = os.path.relpath(labels, out_dir)
         entry["subject"] = subject
         entries.append(entry)
     return entries
