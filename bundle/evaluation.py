@@ -22,8 +22,9 @@ from bundle.data.readers import case_name, read_image
 from bundle.data.datalist import read_datalist
 from bundle.errors import DataError
 from bundle.inference import SegmentVolumes
+from bundle.quality import QUALITY_FIELDS
 
-__all__ = ["surface_metrics", "case_uncertainty", "summarise", "EvaluateVolumes", "METRICS"]
+__all__ = ["surface_metrics", "summarise", "EvaluateVolumes", "METRICS"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +43,6 @@ def surface_metrics(pred: np.ndarray, label: np.ndarray, spacing: tuple[float, .
     hd95 = float(compute_hausdorff_distance(*onehot, percentile=95, spacing=list(spacing)))
     assd = float(compute_average_surface_distance(*onehot, symmetric=True, spacing=list(spacing)))
     return {"dice": dice, "hd95_mm": hd95, "assd_mm": assd}
-
-
-def case_uncertainty(entropy: np.ndarray, mask: np.ndarray) -> float:
-    """One uncertainty per case: the entropy summed over the whole volume per predicted liver
-    voxel (nats per voxel). Doubt anywhere counts (a missed lobe lies outside the mask); the
-    liver's size does not (a large liver has a long, uncertain boundary)."""
-    return float(entropy.sum(dtype=np.float64) / max(int((mask > 0).sum()), 1))
 
 
 def summarise(rows: list[dict]) -> dict[str, dict[str, float]]:
@@ -86,7 +80,7 @@ class EvaluateVolumes:
         rows = []
         for entry in entries:
             image = Path(entry["image"])
-            outputs, affine = self.segmenter.predict(image)  # scored in memory, written for inspection
+            outputs, affine, quality = self.segmenter.predict(image)  # scored in memory, written for inspection
             self.segmenter.write(case_name(image), outputs, affine, self.output_dir)
             mask = outputs["liver"]
             label = read_image(entry["label"]).image
@@ -95,14 +89,14 @@ class EvaluateVolumes:
                 raise DataError(entry["label"], f"is {truth.shape} voxels but its image {entry['image']} is {mask.shape}")
             row = {"subject": entry.get("subject", image.name), "image": entry["image"]}
             row |= surface_metrics(mask > 0, truth, label.GetSpacing())
-            if "uncertainty" in outputs:
-                row["uncertainty"] = case_uncertainty(outputs["uncertainty"], mask)
+            if quality is not None:  # the quality numbers and flags beside the scores: what the flags are calibrated on
+                row |= {k: quality[k] for k in QUALITY_FIELDS} | {"flags": "; ".join(quality["flags"])}
             logger.info("%s: Dice %.3f, HD95 %.1f mm, ASSD %.1f mm", row["subject"], row["dice"], row["hd95_mm"], row["assd_mm"])
             rows.append(row)
         result = {"datalist": str(self.datalist), "section": self.section, "subjects": rows, "summary": summarise(rows)}
         with atomic_outputs([self.output_dir / "metrics.csv", self.output_dir / "metrics.json"]) as (tmp_csv, tmp_json):
             with open(tmp_csv, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=["subject", *METRICS, *(["uncertainty"] if rows and "uncertainty" in rows[0] else []), "image"])
+                writer = csv.DictWriter(f, fieldnames=["subject", *METRICS, *(QUALITY_FIELDS + ("flags",) if rows and "flags" in rows[0] else ()), "image"])
                 writer.writeheader()
                 writer.writerows(rows)
             tmp_json.write_text(json.dumps(result, indent=2))

@@ -89,13 +89,17 @@ MODELS = {
                        "joint": True, "joint_section": PSEUDO_SECTION}, "none"),  # + the MR where it and unet_ct_rand agree
 }
 MODELS["unet_ct_rand_st2"] = MODELS["unet_ct_rand_st"]  # a second round: the first round's student is its teacher
+# the synthetic source + the training MR where the synthetic-source UNet and the randomised CT UNet agree; and a second round
+MODELS["synth_st"] = ({**MODELS["unet_ct_synth"][0], "joint": True, "joint_section": PSEUDO_SECTION}, "none")
+MODELS["synth_st2"] = MODELS["synth_st"]
 MODELS["agreement_st"] = MODELS["unet_ct_rand_st"]  # taught where two teachers agree (bundle.self_training.agreed_pseudo_labels)
 MODELS["dadr_agreement_st"] = MODELS["dadr_rand_st"]  # DADR's content path, its MR pseudo-labelled where those two teachers agree
 # the paper's stage 1 (its eq. 1 and 3, lr 1e-4, no shared residual block), against our defaults in drl_train.yaml
 PAPER_STAGE1 = {"content_adv_weight": 0.0, "shared_res": 0, "learning_rate": 1e-4, "adversarial": "log"}
 TEACHERS = {"unet_ct_rand_st": ("unet_ct_rand",), "unet_ct_rand_st2": ("unet_ct_rand_st",), "dadr_rand_st": ("dadr_rand",),
             "dacgan_st": ("dacgan",), "agreement_st": ("unet_ct_rand", "dacgan"), "dadr_agreement_st": ("unet_ct_rand", "dacgan"),
-            "dadr_style_st": ("unet_ct_rand", "dadr_style")}  # self-trained model -> the models whose masks it learns
+            "dadr_style_st": ("unet_ct_rand", "dadr_style"), "synth_st": ("unet_ct_synth", "unet_ct_rand"),
+            "synth_st2": ("synth_st",)}  # self-trained model -> the models whose masks it learns
 STAGE1_TEACHERS = TEACHERS["agreement_st"]  # --stage1_pseudo_labels: stage 1 learns the MR where agreement_st's teachers agree
 # the dual path (inference.yaml --adaptation dual): no training of its own, the weights of a content-path model and of a
 # UNet on the images, joined (bundle.networks.join_dual_path); its wall time is theirs. Joined again (and tested again)
@@ -115,6 +119,7 @@ EXPERIMENTS = {  # model -> the held-out modalities it is tested on
              "agreement_st": ("mr",), "dadr_dual_st": ("mr",),  # the same teachers' student on the images, and both paths averaged
              "dadr_dual_rand": ("mr",),  # the DADR student averaged with the randomised CT UNet (no second student to train)
              "unet_ct": ("mr",), "unet_ct_synth": ("mr",), "unet_ct_synth_rand": ("mr",),  # no adaptation; the synthetic source
+             "synth_st": ("mr",), "synth_st2": ("mr",),  # the synthetic source self-trained on the MR, one and two rounds
              "dadr_style": ("mr",), "dadr_style_st": ("mr",),  # DADR's diverse style transfer, alone and self-trained
              "unet_mr": ("mr",), "dadr_mr": ("mr",)},  # supervised bounds: MR images, content-only MR images (stage 1's ceiling)
     "self_training": {"unet_ct_rand": ("mr",), "unet_ct_rand_st": ("mr",), "unet_ct_rand_st2": ("mr",),  # without adaptation, two rounds

@@ -27,6 +27,8 @@ from bundle.data.readers import IMAGE_SUFFIXES, case_name
 from bundle.errors import DataError, unwrap_data_error
 from bundle.networks.segmenter import LiverSegmenter
 from bundle.precision import autocast_dtype
+from bundle.quality import write_summary
+from bundle.report import case_thumbnails, write_report
 
 __all__ = ["find_volumes", "SegmentVolumes", "OUTPUT_SUFFIXES"]
 
@@ -93,22 +95,25 @@ class SegmentVolumes:
         uncertainty: write the inferer's third output as ``<case>_uncertainty.nii.gz``.
         num_workers: threads that read the next cases (this many ahead) and write finished ones
             while the network runs; 0: one step after the other.
+        report: also write ``report.html`` (``bundle.report``) beside ``summary.csv``, from the
+            postprocessing's ``display`` image.
     """
 
     def __init__(self, network: LiverSegmenter, preprocessing: Callable, inferer: Callable, postprocessing: Callable,
                  dataset_dir: str | Path, output_dir: str | Path, device: str | torch.device = "cpu", amp: str | None = None,
-                 uncertainty: bool = False, num_workers: int = 0) -> None:
+                 uncertainty: bool = False, num_workers: int = 0, report: bool = True) -> None:
         self.network, self.preprocessing, self.inferer, self.postprocessing = network, preprocessing, inferer, postprocessing
         self.dataset_dir, self.output_dir, self.device = Path(dataset_dir), Path(output_dir), torch.device(device)
         if amp not in (None, "bfloat16"):
             raise DataError("--amp", f"must be null or bfloat16, got {amp!r}")
         if int(num_workers) < 0:
             raise DataError("--num_workers", f"must be 0 or more, got {num_workers}")
-        self.amp, self.uncertainty, self.num_workers = amp, uncertainty, int(num_workers)
+        self.amp, self.uncertainty, self.num_workers, self.report = amp, uncertainty, int(num_workers), report
 
-    def predict(self, path: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """({"liver": mask uint8, "content": float32[, "uncertainty": float32]}, affine) of one
-        volume, on its own grid. The volume is read once, by the preprocessing's loader, which validates it.
+    def predict(self, path: Path) -> tuple[dict[str, np.ndarray], np.ndarray, dict | None]:
+        """({"liver": mask uint8, "content": float32[, "uncertainty": float32]}, affine, quality) of one
+        volume, on its own grid; quality: its numbers and flags (``bundle.quality``; ``None`` when the
+        postprocessing has no ``CaseQualityd``). The volume is read once, by the preprocessing's loader, which validates it.
         """
         return self._infer(self._load(path))
 
@@ -116,13 +121,15 @@ class SegmentVolumes:
         return self.preprocessing({"image": str(path)})
 
     @torch.no_grad()
-    def _infer(self, data: dict) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def _infer(self, data: dict) -> tuple[dict[str, np.ndarray], np.ndarray, dict | None]:
         self.network.eval()
         image = data["image"].to(self.device)[None]
         dtype = autocast_dtype(self.amp, self.device)
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             logits, content, *rest = self.inferer(image, self.network.segment_with_content)
         data["pred"], data["content"] = logits[0].float().cpu(), content[0].float().cpu()
+        if self.network.image_unet is not None:  # the dual path's third output: each path's liver probability
+            data["paths"] = rest.pop(0)[0].float().cpu()
         if self.uncertainty:
             if not rest:
                 raise ValueError("uncertainty needs an ensemble inferer (EnsembleInferer); this inferer gives none")
@@ -131,7 +138,12 @@ class SegmentVolumes:
         outputs = {"liver": np.asarray(data["pred"][0], dtype=np.uint8), "content": np.asarray(data["content"][0], dtype=np.float32)}
         if self.uncertainty:
             outputs["uncertainty"] = np.asarray(data["uncertainty"][0], dtype=np.float32)
-        return outputs, np.asarray(data["pred"].affine, dtype=np.float64)
+        affine = np.asarray(data["pred"].affine, dtype=np.float64)
+        quality = data.get("quality")
+        display = data.pop("display", None)  # the normalised image on the input's grid (postprocessing), for the report
+        if quality is not None and self.report and display is not None:
+            quality = quality | {"thumbnails": case_thumbnails(np.asarray(display[display.shape[0] // 2]), outputs["liver"], affine)}
+        return outputs, affine, quality
 
     def write(self, name: str, outputs: dict[str, np.ndarray], affine: np.ndarray, output_dir: Path) -> dict[str, Path]:
         """Write each ``outputs[key]`` as ``<name>_<key>.nii.gz`` to ``output_dir``, all or none."""
@@ -151,7 +163,8 @@ class SegmentVolumes:
 
     def segment(self, path: Path) -> dict[str, Path]:
         """Segment one volume into ``output_dir``; returns the paths of its outputs by key (``liver``, ``content``, ...)."""
-        return self.write(case_name(path), *self.predict(path), self.output_dir)
+        outputs, affine, _ = self.predict(path)
+        return self.write(case_name(path), outputs, affine, self.output_dir)
 
     def _check_outputs(self, cases: list[Path]) -> None:
         """Before any work: no two cases write the same files (``a.nii`` and ``a.nii.gz``), and
@@ -186,12 +199,27 @@ class SegmentVolumes:
             minutes = (time.perf_counter() - start) / 60
             logger.info("%d of %d cases segmented in %.1f min (%.1f volumes/min, %d process(es))", len(done), len(cases), minutes,
                         len(done) / minutes if minutes > 0 else float("inf"), world)
+            if done and "flags" in next(iter(done.values())):
+                self._report_quality([done[k] for k in sorted(done)])
             if failed:
                 raise DataError(self.dataset_dir, f"{len(failed)} of {len(cases)} cases failed: " + "; ".join(failed))
-        return dict(sorted(done.items()))
+        return {case: row["mask"] for case, row in sorted(done.items())}
 
-    def _segment_all(self, cases: list[Path]) -> tuple[dict[str, str], list[str]]:
-        """Segment ``cases``: ({case: mask path}, [failure messages]). With ``num_workers``, reading
+    def _report_quality(self, rows: list[dict]) -> None:
+        """One WARNING line per flagged case, ``summary.csv`` (and ``report.html``) beside the masks,
+        and the run's quality summary."""
+        for row in rows:
+            if row["flags"]:
+                logger.warning("%s: check this mask (%s)", row["case"], "; ".join(row["flags"]))
+        paths = [write_summary(rows, self.output_dir / "summary.csv")]
+        if self.report:
+            paths.append(write_report(rows, self.output_dir / "report.html"))
+        flagged = [row["case"] for row in rows if row["flags"]]
+        logger.info("quality: %d of %d cases flagged%s; per case: %s", len(flagged), len(rows),
+                    f" ({', '.join(flagged)})" if flagged else "", ", ".join(map(str, paths)))
+
+    def _segment_all(self, cases: list[Path]) -> tuple[dict[str, dict], list[str]]:
+        """Segment ``cases``: ({case: its row: file, mask path, quality numbers and flags}, [failure messages]). With ``num_workers``, reading
         runs ``num_workers`` cases ahead and writing behind, in threads, beside the network."""
         pool = ThreadPoolExecutor(self.num_workers) if self.num_workers > 0 else None
         submit = pool.submit if pool is not None else _call_now
@@ -204,17 +232,19 @@ class SegmentVolumes:
                     loads[i + ahead] = submit(self._load, cases[i + ahead])
                 start = time.perf_counter()
                 try:
-                    outputs, affine = self._infer(loads.pop(i).result())
+                    outputs, affine, quality = self._infer(loads.pop(i).result())
                 except Exception as e:  # any failure is this case's, not the folder's
                     failed.append(_failure(path, e))
                     continue
-                writes.append((path, submit(self._write_case, path, outputs, affine, start)))
+                writes.append((path, quality, submit(self._write_case, path, outputs, affine, start)))
             done = {}
-            for path, written in writes:
+            for path, quality, written in writes:
                 try:
-                    done[case_name(path)] = str(written.result()["liver"])
+                    mask = str(written.result()["liver"])
                 except Exception as e:
                     failed.append(_failure(path, e))
+                    continue
+                done[case_name(path)] = {"case": case_name(path), "file": str(path), "mask": mask, **(quality or {})}
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)

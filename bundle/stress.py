@@ -32,6 +32,7 @@ import torch
 from torch.nn import functional as F
 
 from bundle.atomic import atomic_outputs
+from bundle.data.orientation import anatomical_axis
 from bundle.data.readers import case_name
 from bundle.errors import DataError
 
@@ -42,16 +43,6 @@ logger = logging.getLogger(__name__)
 VARIANTS = ("dark_liver", "bias_field", "low_snr", "low_resolution", "cut_dome", "ghosting")
 VESSEL_PERCENTILE = 90.0  # liver voxels above this percentile of the liver's intensities keep their value (vessels)
 DATALIST = "datalist.json"
-
-
-def _axis(affine: np.ndarray, code: str) -> tuple[int, int]:
-    """(array axis, +1/-1) of the anatomical direction ``code`` (``"S"``, ``"A"``...) in a volume with ``affine``."""
-    codes = nib.aff2axcodes(affine)
-    opposite = {"S": "I", "I": "S", "A": "P", "P": "A", "R": "L", "L": "R"}[code]
-    for i, c in enumerate(codes):
-        if c in (code, opposite):
-            return i, 1 if c == code else -1
-    raise ValueError(f"no {code} axis in {codes}")
 
 
 def stress_volume(image: np.ndarray, liver: np.ndarray, affine: np.ndarray, variant: str,
@@ -68,7 +59,7 @@ def stress_volume(image: np.ndarray, liver: np.ndarray, affine: np.ndarray, vari
         return np.where(inside & ~vessels, x * factor, x), liver, affine
     if variant == "bias_field":
         grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in x.shape], indexing="ij")
-        lr, ap = _axis(affine, "R")[0], _axis(affine, "A")[0]
+        lr, ap = anatomical_axis(affine, "R")[0], anatomical_axis(affine, "A")[0]
         angle = rng.uniform(0, 2 * np.pi)
         ramp = np.cos(angle) * grids[lr] + np.sin(angle) * grids[ap]  # a coil off the body's centre, in the axial plane
         field = np.exp(np.log(6.0) / 2 * ramp / np.abs(ramp).max())  # 0.41x to 2.45x
@@ -82,7 +73,7 @@ def stress_volume(image: np.ndarray, liver: np.ndarray, affine: np.ndarray, vari
         low = F.avg_pool3d(t, kernel_size=2, stride=2, ceil_mode=True)
         return F.interpolate(low, size=x.shape, mode="trilinear", align_corners=False)[0, 0].numpy(), liver, affine
     if variant == "cut_dome":
-        axis, sign = _axis(affine, "S")
+        axis, sign = anatomical_axis(affine, "S")
         z = np.nonzero(inside.any(axis=tuple(i for i in range(3) if i != axis)))[0]
         cut = int(round(0.3 * (z[-1] - z[0] + 1)))
         keep = slice(0, z[-1] + 1 - cut) if sign > 0 else slice(z[0] + cut, x.shape[axis])
@@ -93,7 +84,7 @@ def stress_volume(image: np.ndarray, liver: np.ndarray, affine: np.ndarray, vari
         shifted[:3, 3] = affine[:3, :3] @ start + affine[:3, 3]
         return x[index], liver[index], shifted
     if variant == "ghosting":
-        axis = _axis(affine, "A")[0]
+        axis = anatomical_axis(affine, "A")[0]
         k = np.fft.fftshift(np.fft.fftn(x, axes=(axis,)), axes=(axis,))
         lines = [slice(None)] * 3
         lines[axis] = slice(None, None, 4)

@@ -46,6 +46,8 @@ TABLES = [
         ("CT trained, no adaptation", "unet_ct", {"mr": "0.26 (0.07)"}),
         ("CT trained on the synthetic source (random intensity per tissue)", "unet_ct_synth", {"mr": "-"}),
         ("+ appearance randomisation", "unet_ct_synth_rand", {"mr": "-"}),
+        ("synthetic source + self-training where it and the randomised CT UNet agree", "synth_st", {"mr": "-"}),
+        ("+ a second round of self-training (the first student its teacher)", "synth_st2", {"mr": "-"}),
         ("DADR diverse style transfer (UNet on CT->MR, random MR styles of stage 1; a teacher below)", "dadr_style", {"mr": "-"}),
         ("+ appearance randomisation + self-training where it and the randomised CT UNet agree", "dadr_style_st", {"mr": "-"}),
         ("supervised MR (upper bound; MR labels)", "unet_mr", {"mr": "0.869 (0.044)"}),

@@ -21,19 +21,24 @@ def parsed(config: str, id: str, **overrides):
 @pytest.mark.parametrize("spelling", [False, "false", "False", "FALSE", "0", "no"])
 def test_boolean_overrides_read_false_in_any_spelling(spelling):
     """fire hands `--largest_component false` to the config as the string 'false', which is true in Python."""
-    keep = parsed("inference.yaml", "postprocessing", largest_component=spelling).transforms[-1]
+    steps = parsed("inference.yaml", "postprocessing", largest_component=spelling).transforms
+    keep = next(t for t in steps if type(t).__name__ == "KeepLargestConnectedComponentd")
     assert list(keep.converter.applied_labels) == []
-    augmentation = parsed("train.yaml", "train#augmentation", appearance_randomisation=spelling)
-    assert not any(type(t).__name__ == "RandGlobalIntensityNonlineard" for t in augmentation.transforms)
+    augmentation = parsed("train.yaml", "train#augmentation", appearance_randomisation=spelling, synthesis=spelling)
+    assert not any(type(t).__name__ in ("RandGlobalIntensityNonlineard", "RandTissueSynthesisd") for t in augmentation.transforms)
+    assert parsed("train.yaml", "train#dataset#tissue_key", synthesis=spelling) is None
     assert parsed("drl_train.yaml", "memory_format", channels_last=spelling, device=torch.device("cpu")) == torch.contiguous_format
 
 
 @pytest.mark.parametrize("spelling", [True, "true", "True", "1"])
 def test_boolean_overrides_read_true_in_any_spelling(spelling):
-    keep = parsed("inference.yaml", "postprocessing", largest_component=spelling).transforms[-1]
+    steps = parsed("inference.yaml", "postprocessing", largest_component=spelling).transforms
+    keep = next(t for t in steps if type(t).__name__ == "KeepLargestConnectedComponentd")
     assert list(keep.converter.applied_labels) == [1]
-    augmentation = parsed("train.yaml", "train#augmentation", appearance_randomisation=spelling)
-    assert any(type(t).__name__ == "RandGlobalIntensityNonlineard" for t in augmentation.transforms)
+    augmentation = parsed("train.yaml", "train#augmentation", appearance_randomisation=spelling, synthesis=spelling)
+    names = [type(t).__name__ for t in augmentation.transforms]
+    assert "RandGlobalIntensityNonlineard" in names and names[0] == "RandTissueSynthesisd"  # first: it consumes the label map
+    assert parsed("train.yaml", "train#dataset#tissue_key", synthesis=spelling) == "labels"
 
 
 def test_a_boolean_override_that_is_not_one_fails_clearly():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import os
 import shutil
@@ -620,3 +621,23 @@ def test_bfloat16_inference_resizes_slices_of_any_size(phantoms, weights, tmp_pa
                    output_dir=str(tmp_path / str(amp)), model_path=str(weights / "model.pt"), **SIZES)
     full, half = (np.asarray(nib.load(tmp_path / run / "wide_content.nii.gz").dataobj) for run in ("None", "bfloat16"))
     assert full.shape == half.shape == wide.shape and np.abs(full - half).mean() < 0.05
+
+
+def test_inference_writes_the_quality_summary_the_report_and_a_warning_per_flagged_case(phantoms, weights, tmp_path):
+    """Every run: summary.csv (one row per case, every number) and report.html beside the masks; a case
+    outside the configured bounds gets one WARNING line naming it and why, and the run still exits 0."""
+    out = tmp_path / "out"
+    result = run_inference(phantoms / "mr", out, weights / "model.pt", "--quality", "{'liver_ml': [0, 1e-6], 'fov_cut': False}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    cases = sorted(p.name[: -len("_liver.nii.gz")] for p in out.glob("*_liver.nii.gz"))
+    with open(out / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["case"] for r in rows) == cases and all(r["liver_ml"] != "" and r["confidence"] != "" for r in rows)
+    flagged = [r["case"] for r in rows if r["flagged"] == "True"]
+    assert flagged and all(r["flags"].startswith("implausible_volume") for r in rows if r["flagged"] == "True")
+    warnings = [line for line in (result.stdout + result.stderr).splitlines() if " - WARNING - " in line and "check this mask" in line]
+    assert sorted(w.split("bundle.inference - WARNING - ")[1].split(":")[0] for w in warnings) == sorted(flagged)
+    page = (out / "report.html").read_text()
+    assert page.count("class='case") == len(cases) and page.count("data:image/png;base64,") == 2 * len(cases)
+    quiet = run_inference(phantoms / "mr", tmp_path / "quiet", weights / "model.pt", "--report", "false")
+    assert quiet.returncode == 0 and (tmp_path / "quiet" / "summary.csv").is_file() and not (tmp_path / "quiet" / "report.html").exists()

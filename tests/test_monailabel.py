@@ -77,8 +77,12 @@ def mr_volume(phantoms, tmp_path) -> Path:
 def monailabel_infer(bundle: Path, image: Path, task: BundleInferTask | None = None) -> np.ndarray:
     task = task or BundleInferTask(str(bundle), {})
     assert task.is_valid()
-    label_file, _ = task({"image": str(image), "device": "cpu", "result_extension": ".nii.gz"})
-    return np.asarray(nib.load(label_file).dataobj)
+    label_file, result = task({"image": str(image), "device": "cpu", "result_extension": ".nii.gz"})
+    mask = np.asarray(nib.load(label_file).dataobj)
+    quality = result["quality"]  # the case's quality numbers and flags reach the client (Slicer)
+    assert quality["liver_ml"] == pytest.approx(float((mask > 0).sum()) * float(np.prod(nib.load(label_file).header.get_zooms()[:3])) / 1000, rel=1e-3)
+    assert isinstance(quality["flags"], list) and 0 <= quality["confidence"] <= 1
+    return mask
 
 
 def labelled_datastore(phantoms: Path, folder: Path) -> LocalDatastore:

@@ -124,22 +124,27 @@ class LiverSegmenter(nn.Module):
         n, c, h, w = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
         return self.content_path(x.reshape(n * c, 1, h, w)).reshape(n, c, h, w)
 
-    def _square(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _square(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         square = to_square(x, self.image_size)
         content = self.content(square)
         logits = self.unet(content)
+        paths = None
         if self.image_unet is not None:
-            mean = (torch.softmax(logits.float(), dim=1) + torch.softmax(self.image_unet(square).float(), dim=1)) / 2
-            logits = mean.clamp_min(1e-12).log()
-        return logits, content
+            each = torch.softmax(logits.float(), dim=1), torch.softmax(self.image_unet(square).float(), dim=1)
+            logits = ((each[0] + each[1]) / 2).clamp_min(1e-12).log()
+            paths = torch.cat([p[:, 1:2] for p in each], dim=1)  # each path's liver probability, for the quality numbers
+        return logits, content, paths
 
-    def segment_with_content(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def segment_with_content(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(logits, content-only image) of slices ``x`` (N, C, H, W), both (N, ., H, W); the
         content-only image is that of the middle channel (the slice itself for a 2.5D input).
-        With ``image_unet``, the logits are the log of the two UNets' mean probabilities."""
-        logits, content = self._square(x)
+        With ``image_unet``, the logits are the log of the two UNets' mean probabilities, and a
+        third output holds each path's liver probability (N, 2, H, W): where they disagree."""
+        logits, content, paths = self._square(x)
         middle = content.shape[1] // 2
-        return from_square(logits, x.shape[-2], x.shape[-1]), from_square(content[:, middle : middle + 1], x.shape[-2], x.shape[-1])
+        h, w = x.shape[-2], x.shape[-1]
+        out = from_square(logits, h, w), from_square(content[:, middle : middle + 1], h, w)
+        return out if paths is None else (*out, from_square(paths, h, w))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return from_square(self._square(x)[0], x.shape[-2], x.shape[-1])

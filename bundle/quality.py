@@ -1,0 +1,140 @@
+"""Per-case quality control: the numbers that tell a failed mask from a good one, and flags with reasons.
+
+A liver model that fails says nothing by itself: on a patient whose liver is dark on T2 the
+model marked 118 mL of a ~1,900 mL liver and exited 0. A user segmenting a cohort cannot open
+every mask, so every case gets cheap numbers computed from what inference already has (the
+mask, the probabilities, the dual path's two paths, the ensemble's entropy) and flags when a
+number is outside what good cases show. Thresholds are configuration (``inference.yaml``
+``quality``), chosen on the dev patients' cross-validated predictions and the robustness suite
+(docs/RESULTS.md, "Quality control").
+
+``CaseQualityd`` is the last step of inference's postprocessing, so the bundle's own inference,
+its evaluation and MONAI Label's infer task all compute the same numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.transforms import MapTransform
+from scipy import ndimage
+
+from bundle.atomic import atomic_outputs
+from bundle.data.orientation import anatomical_axis
+
+__all__ = ["QUALITY_FIELDS", "case_quality", "quality_flags", "CaseQualityd", "write_summary"]
+
+# what every case reports (summary.csv's columns, after the case and before the flags)
+QUALITY_FIELDS = ("liver_ml", "confidence", "paths_dice", "uncertainty", "touches_top", "touches_bottom", "components_removed", "removed_ml")
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * float(np.logical_and(a, b).sum()) / total
+
+
+def case_quality(mask: np.ndarray, liver_probability: np.ndarray, affine: np.ndarray, raw_mask: np.ndarray | None = None,
+                 paths: np.ndarray | None = None, entropy: np.ndarray | None = None) -> dict:
+    """The quality numbers of one case, every array on the case's own grid (3D):
+
+    - ``liver_ml``: the mask's volume;
+    - ``confidence``: the mean liver probability over the mask (0 for an empty mask);
+    - ``paths_dice``: Dice between the masks of the dual path's two paths (``paths``: their liver
+      probabilities, (2, X, Y, Z)), ``None`` for a one-path model;
+    - ``uncertainty``: the ensemble's entropy summed over the volume per mask voxel (``entropy``), or
+      ``None``: doubt anywhere counts (a missed lobe lies outside the mask), the liver's size does not;
+    - ``touches_top`` / ``touches_bottom``: whether the mask reaches the volume's most superior /
+      inferior slice (a field of view that cuts the liver);
+    - ``components_removed`` / ``removed_ml``: the liver islands the largest-component step dropped
+      (``raw_mask``: the mask before it) and their volume.
+    """
+    mask = np.asarray(mask) > 0
+    voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
+    axis, sign = anatomical_axis(affine, "S")
+    extent = mask.any(axis=tuple(i for i in range(3) if i != axis))
+    top, bottom = (extent[-1], extent[0]) if sign > 0 else (extent[0], extent[-1])
+    numbers = {"liver_ml": round(float(mask.sum()) * voxel_ml, 1),
+               "confidence": round(float(liver_probability[mask].mean()) if mask.any() else 0.0, 4),
+               "paths_dice": None if paths is None else round(_dice(paths[0] > 0.5, paths[1] > 0.5), 4),
+               "uncertainty": None if entropy is None else round(float(entropy.sum(dtype=np.float64) / max(int(mask.sum()), 1)), 4),
+               "touches_top": bool(top), "touches_bottom": bool(bottom), "components_removed": 0, "removed_ml": 0.0}
+    if raw_mask is not None:
+        removed = (np.asarray(raw_mask) > 0) & ~mask
+        if removed.any():
+            numbers["components_removed"] = int(ndimage.label(removed, structure=np.ones((3, 3, 3)))[1])  # 26-connected, as MONAI's step
+            numbers["removed_ml"] = round(float(removed.sum()) * voxel_ml, 1)
+    return numbers
+
+
+def quality_flags(numbers: dict, liver_ml: Sequence[float] = (700.0, 3500.0), min_confidence: float = 0.0,
+                  min_paths_dice: float = 0.0, max_uncertainty: float = math.inf, fov_cut: bool = True) -> list[str]:
+    """The flags of a case's ``numbers``, each with its reason: ``implausible_volume``, ``low_confidence``,
+    ``low_agreement`` (the dual path's two paths), ``high_uncertainty`` (the ensemble), ``cut_by_fov``."""
+    flags = []
+    low, high = map(float, liver_ml)
+    if not low <= numbers["liver_ml"] <= high:
+        flags.append(f"implausible_volume: {numbers['liver_ml']:.0f} mL, adult livers {low:.0f}-{high:.0f} mL")
+    if numbers["liver_ml"] > 0 and numbers["confidence"] < min_confidence:
+        flags.append(f"low_confidence: mean liver probability {numbers['confidence']:.3f} < {min_confidence}")
+    if numbers.get("paths_dice") is not None and numbers["paths_dice"] < min_paths_dice:
+        flags.append(f"low_agreement: the two paths' masks agree with Dice {numbers['paths_dice']:.3f} < {min_paths_dice}")
+    if numbers.get("uncertainty") is not None and numbers["uncertainty"] > max_uncertainty:
+        flags.append(f"high_uncertainty: {numbers['uncertainty']:.2f} > {max_uncertainty}")
+    if fov_cut and (numbers["touches_top"] or numbers["touches_bottom"]):
+        ends = " and ".join(e for e, hit in (("top", numbers["touches_top"]), ("bottom", numbers["touches_bottom"])) if hit)
+        flags.append(f"cut_by_fov: the liver reaches the {ends} slice, part of it may lie outside the scan")
+    return flags
+
+
+class CaseQualityd(MapTransform):
+    """Postprocessing's last step: ``data["quality"]`` = the case's numbers (:func:`case_quality`) and
+    ``"flags"`` (:func:`quality_flags` under ``thresholds``), from the final mask ``keys`` and the items
+    the earlier steps kept on the input's grid: ``probabilities_key`` (class probabilities),
+    ``raw_key`` (the mask before the largest component), ``paths_key`` (the dual path's two
+    paths' liver probabilities) and ``uncertainty_key``. The helper items are removed. With
+    ``result_key``, the same dict also goes to ``data[result_key]["quality"]``: MONAI Label returns
+    its item ``result`` in the infer response, so a Slicer user sees the numbers and flags."""
+
+    def __init__(self, keys: str = "pred", probabilities_key: str = "probabilities", raw_key: str = "raw_pred", paths_key: str = "paths",
+                 uncertainty_key: str = "uncertainty", thresholds: dict | None = None, result_key: str | None = None) -> None:
+        super().__init__(keys)
+        self.result_key = result_key
+        self.probabilities_key, self.raw_key, self.paths_key, self.uncertainty_key = probabilities_key, raw_key, paths_key, uncertainty_key
+        self.thresholds = dict(thresholds or {})
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        key = self.first_key(d)
+        mask = torch.as_tensor(d[key])
+        affine = np.asarray(getattr(d[key], "affine", torch.eye(4)), dtype=np.float64)
+        array = lambda k: None if d.get(k) is None else np.asarray(torch.as_tensor(d[k]).detach().cpu().float())
+        probabilities, raw, paths = array(self.probabilities_key), array(self.raw_key), array(self.paths_key)
+        entropy = array(self.uncertainty_key)
+        numbers = case_quality(np.asarray(mask[0]), probabilities[1], affine, None if raw is None else raw[0], paths,
+                               None if entropy is None else entropy[0])
+        d["quality"] = numbers | {"flags": quality_flags(numbers, **self.thresholds)}
+        if self.result_key:
+            d[self.result_key] = {**d.get(self.result_key, {}), "quality": d["quality"]}
+        for k in (self.probabilities_key, self.raw_key, self.paths_key):
+            d.pop(k, None)
+        return d
+
+
+def write_summary(rows: list[dict], path: str | Path) -> Path:
+    """``path`` (summary.csv), atomically: one row per case, ``case`` and ``file``, the quality numbers,
+    ``flagged`` and ``flags`` (reasons joined by ``; ``)."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=["case", "file", *QUALITY_FIELDS, "flagged", "flags"], extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "flagged": bool(row["flags"]), "flags": "; ".join(row["flags"])})
+    path = Path(path)
+    with atomic_outputs([path]) as (tmp,):
+        tmp.write_text(text.getvalue())
+    return path
