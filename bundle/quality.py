@@ -28,7 +28,7 @@ from scipy import ndimage
 from bundle.atomic import atomic_outputs
 from bundle.data.orientation import anatomical_axis
 
-__all__ = ["QUALITY_FIELDS", "case_quality", "quality_flags", "CaseQualityd", "write_summary"]
+__all__ = ["QUALITY_FIELDS", "case_quality", "quality_flags", "CaseQualityd", "write_summary", "flag_rates"]
 
 # what every case reports (summary.csv's columns, after the case and before the flags)
 QUALITY_FIELDS = ("liver_ml", "confidence", "paths_dice", "uncertainty", "touches_top", "touches_bottom", "components_removed", "removed_ml")
@@ -72,10 +72,16 @@ def case_quality(mask: np.ndarray, liver_probability: np.ndarray, affine: np.nda
     return numbers
 
 
+FOV_CUT = ("none", "top", "both")  # quality_flags(fov_cut=...): which end of the scan a liver may not reach
+
+
 def quality_flags(numbers: dict, liver_ml: Sequence[float] = (700.0, 3500.0), min_confidence: float = 0.0,
-                  min_paths_dice: float = 0.0, max_uncertainty: float = math.inf, fov_cut: bool = True) -> list[str]:
+                  min_paths_dice: float = 0.0, max_uncertainty: float = math.inf, fov_cut: str = "both") -> list[str]:
     """The flags of a case's ``numbers``, each with its reason: ``implausible_volume``, ``low_confidence``,
-    ``low_agreement`` (the dual path's two paths), ``high_uncertainty`` (the ensemble), ``cut_by_fov``."""
+    ``low_agreement`` (the dual path's two paths), ``high_uncertainty`` (the ensemble), ``cut_by_fov``
+    (``fov_cut``: the liver reaches the top slice, or either end; ``none``: never)."""
+    if fov_cut not in FOV_CUT:
+        raise ValueError(f"fov_cut must be one of {FOV_CUT}, got {fov_cut!r}")
     flags = []
     low, high = map(float, liver_ml)
     if not low <= numbers["liver_ml"] <= high:
@@ -86,8 +92,9 @@ def quality_flags(numbers: dict, liver_ml: Sequence[float] = (700.0, 3500.0), mi
         flags.append(f"low_agreement: the two paths' masks agree with Dice {numbers['paths_dice']:.3f} < {min_paths_dice}")
     if numbers.get("uncertainty") is not None and numbers["uncertainty"] > max_uncertainty:
         flags.append(f"high_uncertainty: {numbers['uncertainty']:.2f} > {max_uncertainty}")
-    if fov_cut and (numbers["touches_top"] or numbers["touches_bottom"]):
-        ends = " and ".join(e for e, hit in (("top", numbers["touches_top"]), ("bottom", numbers["touches_bottom"])) if hit)
+    ends = [end for end in ("top", "bottom") if numbers[f"touches_{end}"] and (fov_cut == "both" or fov_cut == end)]
+    if ends:
+        ends = " and ".join(ends)
         flags.append(f"cut_by_fov: the liver reaches the {ends} slice, part of it may lie outside the scan")
     return flags
 
@@ -124,6 +131,16 @@ class CaseQualityd(MapTransform):
         for k in (self.probabilities_key, self.raw_key, self.paths_key):
             d.pop(k, None)
         return d
+
+
+def flag_rates(rows: list[dict], failed_below: float = 0.70, good_from: float = 0.80, **thresholds) -> dict:
+    """How well flags under ``thresholds`` (:func:`quality_flags`) separate ``rows`` (cases with ``dice`` and the
+    quality numbers): the cases below ``failed_below`` and how many are flagged, the cases from
+    ``good_from`` and how many are flagged (false alarms)."""
+    flagged = [bool(quality_flags(r, **thresholds)) for r in rows]
+    failed = [f for r, f in zip(rows, flagged) if r["dice"] < failed_below]
+    good = [f for r, f in zip(rows, flagged) if r["dice"] >= good_from]
+    return {"failed": len(failed), "failed_flagged": sum(failed), "good": len(good), "good_flagged": sum(good)}
 
 
 def write_summary(rows: list[dict], path: str | Path) -> Path:

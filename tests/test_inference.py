@@ -627,7 +627,7 @@ def test_inference_writes_the_quality_summary_the_report_and_a_warning_per_flagg
     """Every run: summary.csv (one row per case, every number) and report.html beside the masks; a case
     outside the configured bounds gets one WARNING line naming it and why, and the run still exits 0."""
     out = tmp_path / "out"
-    result = run_inference(phantoms / "mr", out, weights / "model.pt", "--quality", "{'liver_ml': [0, 1e-6], 'fov_cut': False}")
+    result = run_inference(phantoms / "mr", out, weights / "model.pt", "--quality", "{'liver_ml': [0, 1e-6], 'fov_cut': 'none'}")
     assert result.returncode == 0, result.stderr[-2000:]
     cases = sorted(p.name[: -len("_liver.nii.gz")] for p in out.glob("*_liver.nii.gz"))
     with open(out / "summary.csv") as f:

@@ -51,7 +51,7 @@ def test_a_liver_cut_at_the_top_slice_is_flagged_whatever_the_array_order():
     feet_first[2, 2] = -5.0  # the same array, z towards the feet: the last slice is the bottom
     numbers = case_quality(mask, mask * 0.9, feet_first)
     assert numbers["touches_bottom"] and not numbers["touches_top"]
-    assert not any(f.startswith("cut_by_fov") for f in quality_flags(numbers, **(THRESHOLDS | {"fov_cut": False})))
+    assert not any(f.startswith("cut_by_fov") for f in quality_flags(numbers, **(THRESHOLDS | {"fov_cut": "top"})))
 
 
 def test_two_disagreeing_paths_and_low_confidence_and_uncertainty_are_flagged():

@@ -1,0 +1,48 @@
+"""Choose the quality flags' thresholds on scored predictions (bundle/quality.py, inference.yaml ``quality``).
+
+    python scripts/calibrate_quality.py --metrics "RUN/dadr/fold_*/MODEL/test_mr*/metrics.json" [--metrics "..."] \\
+        [--liver_ml 700,3500] [--confidence 0,0.85,0.9] [--paths_dice 0,0.6,0.7] [--fov_cut none,top,both]
+
+Reads every case (its Dice and quality numbers, as evaluation writes them into ``metrics.json``) of the files the
+globs match (comma-separated globs, or ``--metrics`` given several times) and prints, for each combination of
+thresholds, how many cases below Dice 0.70 are flagged and how many from 0.80 are (false alarms): the table of
+docs/RESULTS.md, "Quality control". Labels are read only through the Dice evaluation already computed.
+"""
+
+import glob
+import itertools
+import json
+from pathlib import Path
+
+from bundle.cli import run_cli
+from bundle.errors import DataError
+from bundle.quality import QUALITY_FIELDS, flag_rates
+
+
+def _values(text) -> list:
+    items = text if isinstance(text, (list, tuple)) else str(text).split(",")
+    return [float(v) if str(v).replace(".", "", 1).replace("-", "", 1).isdigit() or str(v) == "inf" else str(v).strip() for v in items]
+
+
+def calibrate(metrics: str | list, liver_ml: str | tuple = (700, 3500), confidence: str | tuple = (0, 0.8, 0.85, 0.9),
+              paths_dice: str | tuple = (0, 0.6, 0.7, 0.75), fov_cut: str | tuple = ("none", "top", "both")) -> None:
+    """Print the flags' separation of failed (Dice < 0.70) and good (Dice >= 0.80) cases for every combination."""
+    patterns = [p for item in (metrics if isinstance(metrics, (list, tuple)) else [metrics]) for p in str(item).split(",") if p]
+    files = sorted({f for p in patterns for f in glob.glob(str(Path(p).expanduser()))})
+    rows = []
+    for path in files:
+        for row in json.loads(Path(path).read_text())["subjects"]:
+            if all(k in row for k in QUALITY_FIELDS):
+                rows.append(row | {"source": path})
+    if not rows:
+        raise DataError(",".join(patterns), "matches no metrics.json with quality numbers (evaluate with this release's inference.yaml)")
+    low, high = _values(liver_ml)
+    print(f"{len(rows)} cases from {len(files)} files; Dice < 0.70: {sum(r['dice'] < 0.7 for r in rows)}, >= 0.80: {sum(r['dice'] >= 0.8 for r in rows)}")
+    print("| min_confidence | min_paths_dice | fov_cut | failed flagged | good flagged |\n|---|---|---|---|---|")
+    for c, p, f in itertools.product(_values(confidence), _values(paths_dice), _values(fov_cut)):
+        rates = flag_rates(rows, liver_ml=(low, high), min_confidence=c, min_paths_dice=p, fov_cut=f)
+        print(f"| {c} | {p} | {f} | {rates['failed_flagged']} of {rates['failed']} | {rates['good_flagged']} of {rates['good']} |")
+
+
+if __name__ == "__main__":
+    run_cli(calibrate)
