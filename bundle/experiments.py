@@ -73,6 +73,8 @@ MODELS = {
     "unet_ct_rand": ({"adaptation": "none", "train_section": "source", "train_modality": "ct", "appearance_randomisation": True}, "none"),
     # the contrast-agnostic source (bundle/synthesis.py): CT slices re-rendered with a random intensity per tissue
     "unet_ct_synth": ({"adaptation": "none", "train_section": "source", "train_modality": "ct", "synthesis": True}, "none"),
+    "unet_ct_synth_plain": ({"adaptation": "none", "train_section": "source", "train_modality": "ct", "synthesis": True,
+                             "synthesis_liver_extremes": 0.0}, "none"),  # without the liver drawn darkest or brightest
     "unet_ct_synth_rand": ({"adaptation": "none", "train_section": "source", "train_modality": "ct", "synthesis": True,
                             "appearance_randomisation": True}, "none"),
     "dadr_rand": ({"adaptation": "dadr", "train_section": "source", "train_modality": "ct", "appearance_randomisation": True}, "dadr"),
@@ -118,7 +120,7 @@ EXPERIMENTS = {  # model -> the held-out modalities it is tested on
              "unet_ct_rand": ("mr",), "dacgan": ("mr",), "dadr_agreement_st": ("mr",),  # and self-trained from stronger teachers
              "agreement_st": ("mr",), "dadr_dual_st": ("mr",),  # the same teachers' student on the images, and both paths averaged
              "dadr_dual_rand": ("mr",),  # the DADR student averaged with the randomised CT UNet (no second student to train)
-             "unet_ct": ("mr",), "unet_ct_synth": ("mr",), "unet_ct_synth_rand": ("mr",),  # no adaptation; the synthetic source
+             "unet_ct": ("mr",), "unet_ct_synth": ("mr",), "unet_ct_synth_plain": ("mr",), "unet_ct_synth_rand": ("mr",),  # the synthetic source
              "synth_st": ("mr",), "synth_st2": ("mr",),  # the synthetic source self-trained on the MR, one and two rounds
              "dadr_style": ("mr",), "dadr_style_st": ("mr",),  # DADR's diverse style transfer, alone and self-trained
              "unet_mr": ("mr",), "dadr_mr": ("mr",)},  # supervised bounds: MR images, content-only MR images (stage 1's ceiling)

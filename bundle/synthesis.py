@@ -56,7 +56,11 @@ class RandTissueSynthesisd(RandomizableTransform, MapTransform):
     Per call: every class (``tissue_classes``) draws a mean ~ U(-1, 1) and a standard deviation
     ~ U(``std_range``); the CT's deviation from its class mean is added back with one gain
     ~ U(``texture_range``) and a random sign per class; with ``dark_background_prob`` air and
-    gas stay the darkest class (as in any MR). Then, each with probability 0.5, a Gaussian blur
+    gas stay the darkest class (as in any MR). With ``liver_extreme_prob`` the liver (the class
+    of most of the pixels the item's ``label`` marks 1) is made the darkest class, as dark as
+    air, or the brightest, half the time each: a liver darker than muscle and close to the
+    background (iron overload on T2) is otherwise rare among random draws, and the network
+    learns that the darkest tissue is outside the body. Then, each with probability 0.5, a Gaussian blur
     (``blur_sigma``), a lower resolution (``zoom_range``, MONAI ``RandSimulateLowResolution``), a
     bias field (``bias_coeff``, MONAI ``RandBiasField``) and Rician noise (``noise_std``, MONAI
     ``RandRicianNoise``); last, the ``percentiles`` of the slice map to [-1, 1] as MR's do.
@@ -74,15 +78,16 @@ class RandTissueSynthesisd(RandomizableTransform, MapTransform):
 
     backend = [torch.Tensor]
 
-    def __init__(self, keys: KeysCollection = "image", tissue_key: str = "tissues", prob: float = 0.8,
+    def __init__(self, keys: KeysCollection = "image", tissue_key: str = "tissues", label_key: str = "label", prob: float = 0.8,
                  ct_window: Sequence[float] = CT_WINDOW, tissue_hu: Sequence[float] = TISSUE_HU,
                  std_range: Sequence[float] = (0.0, 0.15), texture_range: Sequence[float] = (0.0, 1.5),
-                 dark_background_prob: float = 0.8, blur_sigma: Sequence[float] = (0.0, 1.0),
+                 dark_background_prob: float = 0.8, liver_extreme_prob: float = 0.0, blur_sigma: Sequence[float] = (0.0, 1.0),
                  zoom_range: Sequence[float] = (0.4, 1.0), bias_coeff: Sequence[float] = (0.0, 0.6),
                  noise_std: Sequence[float] = (0.0, 0.05), percentiles: Sequence[float] = MR_PERCENTILES) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys=True)
         RandomizableTransform.__init__(self, prob)
-        self.tissue_key, self.ct_window, self.tissue_hu = tissue_key, tuple(ct_window), tuple(tissue_hu)
+        self.tissue_key, self.label_key, self.ct_window, self.tissue_hu = tissue_key, label_key, tuple(ct_window), tuple(tissue_hu)
+        self.liver_extreme_prob = liver_extreme_prob
         self.std_range, self.texture_range, self.blur_sigma = tuple(std_range), tuple(texture_range), tuple(blur_sigma)
         self.dark_background_prob = dark_background_prob
         self.low_resolution = RandSimulateLowResolution(prob=0.5, downsample_mode="area", upsample_mode="bilinear", zoom_range=zoom_range)
@@ -99,8 +104,9 @@ class RandTissueSynthesisd(RandomizableTransform, MapTransform):
     def randomize(self, data=None) -> None:
         super().randomize(None)
 
-    def render(self, image: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The synthetic image (1, H, W) of a CT slice ``image`` (1, H, W, in [-1, 1]) and its label map."""
+    def render(self, image: torch.Tensor, labels: torch.Tensor, liver: torch.Tensor | None = None) -> torch.Tensor:
+        """The synthetic image (1, H, W) of a CT slice ``image`` (1, H, W, in [-1, 1]), its label map and
+        (for ``liver_extreme_prob``) its liver mask."""
         x = torch.as_tensor(image, dtype=torch.float32)
         if x.shape[0] != 1:
             raise ValueError(f"the synthetic source renders one-channel slices, got {x.shape[0]} channels (2.5D input: --context_slices 0)")
@@ -112,6 +118,13 @@ class RandTissueSynthesisd(RandomizableTransform, MapTransform):
             others = means[ids != BODY_CLASS]
             floor = float(others.min()) if others.numel() else 0.0
             means[air[0, 0]] = floor - float(self.R.uniform(0.05, 0.4))
+        if liver is not None and self.R.uniform() < self.liver_extreme_prob and (liver > 0).any():
+            own = int(torch.mode(index[liver > 0]).values)  # the liver's class
+            others = torch.cat([means[:own], means[own + 1 :]])
+            if others.numel():
+                dark = self.R.uniform() < 0.5
+                edge = float(others.min()) if dark else float(others.max())
+                means[own] = edge + float(self.R.uniform(-0.1, 0.1)) + (-0.05 if dark else 0.05)
         stds = torch.as_tensor(self.R.uniform(*self.std_range, n), dtype=torch.float32)
         signs = torch.as_tensor(self.R.choice([-1.0, 1.0], n), dtype=torch.float32)
         gain = float(self.R.uniform(*self.texture_range))
@@ -136,6 +149,7 @@ class RandTissueSynthesisd(RandomizableTransform, MapTransform):
         self.randomize()
         if labels is None or not self._do_transform:
             return d
+        liver = None if d.get(self.label_key) is None else torch.as_tensor(d[self.label_key]) == 1
         for key in self.key_iterator(d):
-            d[key] = self.render(d[key], labels).to(d[key].dtype if isinstance(d[key], torch.Tensor) else torch.float32)
+            d[key] = self.render(d[key], labels, liver).to(d[key].dtype if isinstance(d[key], torch.Tensor) else torch.float32)
         return d

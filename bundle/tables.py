@@ -45,6 +45,7 @@ TABLES = [
         ("dual path: mean of the DADR student's and the randomised CT UNet's probabilities", "dadr_dual_rand", {"mr": "-"}),
         ("CT trained, no adaptation", "unet_ct", {"mr": "0.26 (0.07)"}),
         ("CT trained on the synthetic source (random intensity per tissue)", "unet_ct_synth", {"mr": "-"}),
+        ("the same without the liver drawn darkest or brightest (synthesis_liver_extremes 0)", "unet_ct_synth_plain", {"mr": "-"}),
         ("+ appearance randomisation", "unet_ct_synth_rand", {"mr": "-"}),
         ("synthetic source + self-training where it and the randomised CT UNet agree", "synth_st", {"mr": "-"}),
         ("+ a second round of self-training (the first student its teacher)", "synth_st2", {"mr": "-"}),

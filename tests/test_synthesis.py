@@ -62,6 +62,22 @@ def test_synthesis_changes_each_class_intensity_not_the_labels():
     assert darkest >= 3 and brightest >= 3  # the liver is free to be the darkest or the brightest tissue
 
 
+def test_the_liver_can_be_made_the_darkest_or_the_brightest_tissue():
+    item = _ct_slice()
+    synth = RandTissueSynthesisd(prob=1.0, liver_extreme_prob=1.0, dark_background_prob=0.0, blur_sigma=(0, 0), zoom_range=(1, 1),
+                                 bias_coeff=(0, 0), noise_std=(0, 0), std_range=(0, 0), texture_range=(0, 0)).set_random_state(2)
+    liver = item["tissues"] == LIVER
+    sides = []
+    for _ in range(20):
+        image = synth(dict(item))["image"]
+        others = [image[item["tissues"] == SPLEEN].mean(), image[(item["tissues"] == 0) & (item["image"] < -0.95)].mean(),
+                  image[(item["tissues"] == 0) & (item["image"] > -0.5)].mean()]
+        darkest, brightest = bool(image[liver].mean() <= min(others) + 0.25), bool(image[liver].mean() >= max(others) - 0.25)
+        assert darkest or brightest  # every time: about as dark as the darkest tissue (give or take 0.1 before scaling), or the brightest
+        sides.append(darkest)
+    assert 0 < sum(sides) < len(sides)  # both, at random
+
+
 def test_synthesis_keeps_the_ct_texture_when_asked_and_passes_mr_items_unchanged():
     item = _ct_slice()
     synth = RandTissueSynthesisd(prob=1.0, blur_sigma=(0, 0), zoom_range=(1, 1), bias_coeff=(0, 0), noise_std=(0, 0), std_range=(0, 0),
