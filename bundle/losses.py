@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceCELoss, PatchAdversarialLoss
+from monai.losses import DiceCELoss, DiceLoss, PatchAdversarialLoss
 from torch import nn
 
-__all__ = ["recon_loss", "latent_loss", "AdversarialLoss", "ContentAdversarialLoss", "DRLLoss", "CycleGANLoss"]
+__all__ = ["recon_loss", "latent_loss", "AdversarialLoss", "ContentAdversarialLoss", "DRLLoss", "CycleGANLoss", "IgnoringDiceCELoss"]
 
 
 def recon_loss(reconstruction: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -147,3 +147,19 @@ class CycleGANLoss(nn.Module):
         terms = {"cycle_ct": recon_loss(out["cycle_ct"], x_ct), "cycle_mr": recon_loss(out["cycle_mr"], x_mr), "adv_g": adversarial}
         terms["total"] = adversarial + self.cycle_weight * (terms["cycle_ct"] + terms["cycle_mr"])
         return terms
+
+
+class IgnoringDiceCELoss(nn.Module):
+    """Dice + cross-entropy, both blind to the voxels labelled ``ignore_index``: a pseudo-label's
+    untrusted voxels (cohort adaptation, ``bundle.adapt``) are left out of the loss, not called
+    background. MONAI's ``DiceCELoss`` has no ignore label; its ``DiceLoss`` and torch's
+    cross-entropy each have one, so this is their sum (Dice over the batch, as stage 2's loss)."""
+
+    def __init__(self, ignore_index: int = 255) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.dice = DiceLoss(to_onehot_y=True, softmax=True, batch=True, ignore_index=ignore_index)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        ce = F.cross_entropy(logits, target[:, 0].long(), ignore_index=self.ignore_index)
+        return self.dice(logits, target) + ce
