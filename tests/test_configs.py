@@ -22,8 +22,8 @@ def parsed(config: str, id: str, **overrides):
 def test_boolean_overrides_read_false_in_any_spelling(spelling):
     """fire hands `--largest_component false` to the config as the string 'false', which is true in Python."""
     steps = parsed("inference.yaml", "postprocessing", largest_component=spelling).transforms
-    keep = next(t for t in steps if type(t).__name__ == "KeepLargestConnectedComponentd")
-    assert list(keep.converter.applied_labels) == []
+    keep = next(t for t in steps if type(t).__name__ == "KeepLargestComponentd")
+    assert keep.enabled is False
     augmentation = parsed("train.yaml", "train#augmentation", appearance_randomisation=spelling, synthesis=spelling)
     assert not any(type(t).__name__ in ("RandGlobalIntensityNonlineard", "RandTissueSynthesisd") for t in augmentation.transforms)
     assert parsed("train.yaml", "train#dataset#tissue_key", synthesis=spelling) is None
@@ -33,8 +33,8 @@ def test_boolean_overrides_read_false_in_any_spelling(spelling):
 @pytest.mark.parametrize("spelling", [True, "true", "True", "1"])
 def test_boolean_overrides_read_true_in_any_spelling(spelling):
     steps = parsed("inference.yaml", "postprocessing", largest_component=spelling).transforms
-    keep = next(t for t in steps if type(t).__name__ == "KeepLargestConnectedComponentd")
-    assert list(keep.converter.applied_labels) == [1]
+    keep = next(t for t in steps if type(t).__name__ == "KeepLargestComponentd")
+    assert keep.enabled is True
     augmentation = parsed("train.yaml", "train#augmentation", appearance_randomisation=spelling, synthesis=spelling)
     names = [type(t).__name__ for t in augmentation.transforms]
     assert "RandGlobalIntensityNonlineard" in names and names[0] == "RandTissueSynthesisd"  # first: it consumes the label map

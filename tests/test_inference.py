@@ -638,6 +638,6 @@ def test_inference_writes_the_quality_summary_the_report_and_a_warning_per_flagg
     warnings = [line for line in (result.stdout + result.stderr).splitlines() if " - WARNING - " in line and "check this mask" in line]
     assert sorted(w.split("bundle.inference - WARNING - ")[1].split(":")[0] for w in warnings) == sorted(flagged)
     page = (out / "report.html").read_text()
-    assert page.count("class='case") == len(cases) and page.count("data:image/png;base64,") == 2 * len(cases)
+    assert page.count("class='case") == len(cases) and page.count("data:image/jpeg;base64,") == 2 * len(cases)
     quiet = run_inference(phantoms / "mr", tmp_path / "quiet", weights / "model.pt", "--report", "false")
     assert quiet.returncode == 0 and (tmp_path / "quiet" / "summary.csv").is_file() and not (tmp_path / "quiet" / "report.html").exists()

@@ -14,7 +14,7 @@ import torch
 from monai.data import MetaTensor
 from PIL import Image
 
-from bundle.quality import QUALITY_FIELDS, CaseQualityd, case_quality, quality_flags, write_summary
+from bundle.quality import QUALITY_FIELDS, CaseQualityd, KeepLargestComponentd, case_quality, quality_flags, write_summary
 from bundle.report import case_thumbnails, write_report
 
 AFFINE = np.diag([1.5, 1.5, 5.0, 1.0])  # 1.5 x 1.5 x 5 mm voxels (0.01125 mL), z towards the head
@@ -63,22 +63,29 @@ def test_two_disagreeing_paths_and_low_confidence_and_uncertainty_are_flagged():
     assert flags == ["implausible_volume", "low_confidence", "low_agreement", "high_uncertainty"]
 
 
-def test_removed_components_are_counted_26_connected_and_measured():
-    mask = _liver()
-    raw = mask.copy()
+def test_the_largest_component_step_keeps_monais_result_and_counts_the_islands_26_connected():
+    from monai.transforms import KeepLargestConnectedComponent
+    raw = _liver()
     raw[70:72, 70:72, 2:4] = True  # an island of 8 voxels
     raw[74, 74, 10] = raw[75, 75, 11] = True  # two voxels touching by a corner: one island
-    numbers = case_quality(mask, mask * 0.9, AFFINE, raw_mask=raw)
+    pred = MetaTensor(torch.as_tensor(raw[None], dtype=torch.float32), affine=torch.as_tensor(AFFINE))
+    out = KeepLargestComponentd("pred")({"pred": pred})
+    theirs = KeepLargestConnectedComponent(applied_labels=[1])(pred)
+    assert torch.equal(out["pred"], theirs) and isinstance(out["pred"], MetaTensor)
+    assert out["removed"] == {"components": 2, "voxels": 10}
+    numbers = case_quality(np.asarray(out["pred"][0]) > 0, raw * 0.9, AFFINE, removed=out["removed"])
     assert numbers["components_removed"] == 2 and numbers["removed_ml"] == pytest.approx(10 * 0.01125, abs=0.05)
+    kept = KeepLargestComponentd("pred", enabled=False)({"pred": pred})
+    assert torch.equal(kept["pred"], pred) and kept["removed"] == {"components": 0, "voxels": 0}
 
 
 def test_the_postprocessing_step_reads_the_helper_items_and_drops_them():
     mask = _liver()
     probabilities = torch.as_tensor(np.stack([1 - mask * 0.9, mask * 0.9]), dtype=torch.float32)
     data = {"pred": MetaTensor(torch.as_tensor(mask[None], dtype=torch.uint8), affine=torch.as_tensor(AFFINE)),
-            "probabilities": probabilities, "raw_pred": torch.as_tensor(mask[None]), "uncertainty": torch.zeros(1, *mask.shape)}
+            "probabilities": probabilities, "removed": {"components": 1, "voxels": 80}, "uncertainty": torch.zeros(1, *mask.shape)}
     out = CaseQualityd("pred", thresholds=THRESHOLDS)(data)
-    assert "probabilities" not in out and "raw_pred" not in out and "uncertainty" in out
+    assert "probabilities" not in out and "removed" not in out and "uncertainty" in out and out["quality"]["removed_ml"] == pytest.approx(0.9)
     assert out["quality"]["liver_ml"] == pytest.approx(360.0) and out["quality"]["flags"][0].startswith("implausible_volume")
 
 
@@ -104,7 +111,7 @@ def test_thumbnails_show_the_patients_right_on_the_left_and_the_head_up():
     thumbs = case_thumbnails(image, mask, affine)
     decode = lambda s: np.asarray(Image.open(io.BytesIO(base64.b64decode(s))))
     axial, coronal = decode(thumbs["axial"]), decode(thumbs["coronal"])
-    red = lambda rgb: (rgb[..., 0] > 200) & (rgb[..., 1] < 100)
+    red = lambda rgb: (rgb[..., 0].astype(int) - rgb[..., 1] > 90)
     first = red(axial)[:, : axial.shape[1] // 4]  # the first of the montage's slices
     columns = np.nonzero(first.any(axis=0))[0]
     assert columns.max() < first.shape[1] / 2  # the patient's right on the left of the picture
@@ -136,7 +143,7 @@ def test_report_lists_flagged_cases_first_and_opens_in_a_real_browser(tmp_path):
     order = [line.split("data-case='")[1].split("'")[0] for line in dom.replace('data-case="', "data-case='").replace('" data-flags', "' data-flags").splitlines()
              if "data-case=" in line]
     assert order == ["z_bad", "a_good", "b_good"]
-    assert dom.count("data:image/png;base64,") == 2 * len(rows) and "z_bad_liver.nii.gz" in dom
+    assert dom.count("data:image/jpeg;base64,") == 2 * len(rows) and "z_bad_liver.nii.gz" in dom
     shot = tmp_path / "shot.png"
     subprocess.run([*common, "--window-size=1000,700", f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(float)

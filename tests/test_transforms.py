@@ -46,3 +46,14 @@ def test_autocast_inferer_returns_float32_close_to_full_precision():
     assert (mixed - full).abs().max() < 0.1 * full.abs().max()
     with pytest.raises(ValueError, match="amp must be 'bfloat16' or None"):
         AutocastInferer("float16")
+
+
+def test_argmax_step_equals_monais_asdiscrete_ties_and_metadata_included():
+    from monai.data import MetaTensor
+    from monai.transforms import AsDiscreted
+    from bundle.transforms import ArgMaxd
+    for channels in (2, 5):
+        x = MetaTensor(torch.rand(channels, 24, 20, 6), affine=torch.diag(torch.tensor([2.0, 2.0, 5.0, 1.0])))
+        x[:, :3] = 0.5  # ties: the first class wins in both
+        ours, theirs = ArgMaxd("pred")({"pred": x})["pred"], AsDiscreted("pred", argmax=True)({"pred": x})["pred"]
+        assert torch.equal(ours, theirs) and torch.equal(ours.affine, x.affine) and ours.shape == (1, 24, 20, 6)

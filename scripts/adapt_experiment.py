@@ -1,0 +1,113 @@
+"""Cohort adaptation measured on the dev patients' folds (configs/adapt.yaml; docs/RESULTS.md, "Cohort adaptation").
+
+    python scripts/adapt_experiment.py --run RUN/dadr --model unet_ct_synth --out OUT [--variants clean,dark_liver] \\
+        [--max_minutes 10] [--source False]
+
+RUN is an experiment runner's folder of folds (``scripts/experiments.py ... --experiments dadr --stress True``):
+``RUN/fold_k/datalist.json`` splits the MR into the fold's training patients (``target``, unlabelled) and its held-out
+ones (``target_test``); ``RUN/fold_k/MODEL/model.pt`` is a model that never saw that fold's held-out patients. For each
+fold and variant (``clean``: the images as they are; a robustness-suite variant: ``RUN/../stress_suite/<variant>``), the
+model adapts to the fold's training patients' images (their labels are never read), then the adapted and the
+unadapted model are scored on those patients (the unsupervised-adaptation setting) and on the held-out ones (unseen),
+per patient, with the adaptation's wall time. ``--source True`` also trains on the datalist's labelled CT.
+Writes ``OUT/results.csv`` and ``OUT/results.md``; a finished step is not run again.
+"""
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bundle.atomic import atomic_outputs
+from bundle.cli import flag, run_cli
+from bundle.data.datalist import read_datalist
+from bundle.errors import DataError
+from bundle.folds import subject
+from bundle.pipeline import CONFIGS, run_bundle, run_evaluation
+from bundle.stress import suite_datalist
+
+
+def _entries(fold: Path, section: str, variant: str, out: Path) -> Path:
+    """A datalist of the fold's ``section`` patients (labels for scoring), as they are or under ``variant``."""
+    entries = read_datalist(fold / "datalist.json", "target_labelled" if section == "target" else section)
+    if variant == "clean":
+        path = out / f"{section}.json"
+        with atomic_outputs([path]) as (tmp,):
+            tmp.write_text(json.dumps({"target_test": entries}, indent=2))
+        return path
+    suite = fold.parents[1] / "stress_suite" / variant / "datalist.json"
+    if not suite.is_file():
+        raise DataError(suite, "is missing: run the experiments with --stress True first")
+    return suite_datalist(suite, [subject(e) for e in entries], out / f"{section}.json")
+
+
+def _scores(datalist: Path, model: Path, out: Path, sizes: dict) -> list[dict]:
+    metrics = out / "metrics.json"
+    if not metrics.is_file():
+        run_evaluation(datalist, model, out, sizes, adaptation="auto", modality="mr", eval_section="target_test")
+    return json.loads(metrics.read_text())["subjects"]
+
+
+def adapt_experiment(run: str, model: str, out: str, variants: str | tuple = ("clean", "dark_liver"), max_minutes: float = 10.0,
+                     source: bool = False, image_size: int = 128) -> None:
+    """Adapt each fold's MODEL to the fold's training MR (per variant) and score it against the unadapted model."""
+    run, out, sizes = Path(run).expanduser(), Path(out).expanduser(), {"image_size": image_size}
+    names = variants.split(",") if isinstance(variants, str) else list(variants)
+    folds = sorted(run.glob("fold_*"))
+    if not folds:
+        raise DataError(run, "holds no fold_* folder of the experiment runner")
+    rows = []
+    for fold in folds:
+        weights = fold / model / "model.pt"
+        if not weights.is_file():
+            raise DataError(weights, "is missing: train the model in the runner first")
+        for variant in names:
+            base = out / fold.name / variant
+            base.mkdir(parents=True, exist_ok=True)
+            lists = {section: _entries(fold, section, variant, base) for section in ("target", "target_test")}
+            cohort = base / "cohort"
+            cohort.mkdir(exist_ok=True)
+            for entry in json.loads(lists["target"].read_text())["target_test"]:  # the images alone: labels stay out of reach
+                link = cohort / Path(entry["image"]).name
+                if not link.exists():
+                    link.symlink_to(Path(entry["image"]).resolve())
+            adapted = base / "adapted"
+            if not (adapted / "adapt.json").is_file():
+                start = time.perf_counter()
+                run_bundle("adapt", config_file=str(CONFIGS / "adapt.yaml"), bundle_root=str(CONFIGS.parent), dataset_dir=str(cohort), output_dir=str(adapted),
+                           model_path=str(weights), max_minutes=max_minutes, datalist=str(fold / "datalist.json") if flag(source, "source") else None,
+                           **sizes)
+                (base / "adapt_seconds").write_text(f"{time.perf_counter() - start:.1f}")
+            seconds = float((base / "adapt_seconds").read_text()) if (base / "adapt_seconds").is_file() else None
+            for name, path in (("unadapted", weights), ("adapted", adapted / "model.pt")):
+                for section, setting in (("target", "adapted patients"), ("target_test", "unseen patients")):
+                    for row in _scores(lists[section], path, base / f"{name}_{section}", sizes):
+                        rows.append({"fold": fold.name, "variant": variant, "model": name, "setting": setting, "subject": row["subject"],
+                                     "dice": row["dice"], "adapt_seconds": seconds if name == "adapted" else None})
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=["fold", "variant", "model", "setting", "subject", "dice", "adapt_seconds"])
+    writer.writeheader()
+    writer.writerows(rows)
+    lines = [f"Cohort adaptation of {model} ({run}), max {max_minutes} min, source CT: {flag(source, 'source')}; Dice mean (std)", "",
+             "| variant | setting | fold | unadapted | adapted | adapted - unadapted | adapt min |", "|---|---|---|---|---|---|---|"]
+    for variant in names:
+        for setting in ("adapted patients", "unseen patients"):
+            for fold in [f.name for f in folds] + ["all"]:
+                pick = lambda m: [r["dice"] for r in rows if r["variant"] == variant and r["setting"] == setting and r["model"] == m
+                                  and (fold == "all" or r["fold"] == fold)]
+                before, after = pick("unadapted"), pick("adapted")
+                minutes = [r["adapt_seconds"] / 60 for r in rows if r["variant"] == variant and r["model"] == "adapted" and r["adapt_seconds"]
+                           and (fold == "all" or r["fold"] == fold)]
+                lines.append(f"| {variant} | {setting} | {fold} | {np.mean(before):.3f} ({np.std(before):.3f}) | {np.mean(after):.3f} "
+                             f"({np.std(after):.3f}) | {np.mean(after) - np.mean(before):+.3f} | {np.mean(minutes):.1f} |")
+    with atomic_outputs([out / "results.csv", out / "results.md"]) as (tmp_csv, tmp_md):
+        tmp_csv.write_text(text.getvalue())
+        tmp_md.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    run_cli(adapt_experiment)
