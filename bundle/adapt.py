@@ -165,7 +165,7 @@ class CohortSlices(Dataset):
         item = {"image": self.images[i], "label": self.labels[i]}
         if self.tissues is not None and i < len(self.tissues):  # the source CT comes first
             item["tissues"] = self.tissues[i]
-        return item
+        return self.transform(item) if self.transform is not None else item
 
 
 def finished(output_dir: str | Path) -> bool:

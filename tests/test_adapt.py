@@ -87,3 +87,23 @@ def test_adapt_refuses_an_empty_or_unreadable_cohort_and_a_cohort_it_cannot_trus
     result = adapt(cohort, tmp_path / "o3", model, quality={"liver_ml": [1e6, 2e6]})  # no liver is that large: nothing is trusted
     assert result.returncode == 2 and "nothing to adapt on; the model is unchanged" in _last_line(result)
     assert not (tmp_path / "o3/model.pt").exists() and (tmp_path / "o3/pseudo/summary.csv").is_file()
+
+
+def test_cohort_slices_keep_the_ignored_voxels_and_add_the_source_ct_with_its_label_maps(phantoms, tmp_path):
+    from bundle.adapt import CohortSlices, bundle_part
+    from bundle.data.datalist import read_datalist
+    mr = read_datalist(phantoms / "datalist.json", "target_test")[0]
+    label = nib.load(mr["label"])
+    pseudo = np.asarray(label.dataobj).astype(np.uint8)
+    pseudo[: pseudo.shape[0] // 2] = IGNORE  # half the volume untrusted
+    pseudo[..., :2] = IGNORE  # and two whole slices: they are left out
+    nib.save(nib.Nifti1Image(pseudo, label.affine), str(tmp_path / "pseudo.nii.gz"))
+    trusted = [{"image": mr["image"], "label": str(tmp_path / "pseudo.nii.gz")}]
+    alone = CohortSlices(trusted, 64)
+    assert set(torch.unique(alone.labels).tolist()) <= {0.0, 1.0, float(IGNORE)} and (alone.labels == IGNORE).any()
+    assert alone.counts == {"cohort_slices": len(alone)} and all((alone.labels[i] != IGNORE).any() for i in range(len(alone)))
+    augmentation = bundle_part(ROOT, "train.yaml", "train#augmentation", {"synthesis": True, "image_size": 64})
+    both = CohortSlices(trusted, 64, datalist=phantoms / "datalist.json", transform=augmentation)
+    assert both.counts["source_slices"] > 0 and len(both.tissues) == both.counts["source_slices"]
+    batch = next(iter(torch.utils.data.DataLoader(both, batch_size=len(both))))  # CT (re-rendered) and MR items batch together
+    assert set(batch) == {"image", "label"} and batch["image"].shape[0] == len(both)
