@@ -5,8 +5,9 @@ whole recipe needs our CT and hours; here the model adapts itself in minutes: it
 cohort (with the test-time contrast ensemble), keeps as pseudo-labels only what the quality
 checks trust, and fine-tunes its UNet(s) on them.
 
-- A case is trusted when inference raises no quality flag for it (``inference.yaml`` ``quality``:
-  plausible volume, confidence, the dual path's agreement...). An untrusted case contributes
+- A case is trusted when inference raises no flag that its mask may be wrong (``inference.yaml``
+  ``quality``: plausible volume, confidence, the dual path's agreement...; a liver cut by the
+  field of view is still a good mask of what the scan holds). An untrusted case contributes
   nothing.
 - Inside a trusted case, a voxel whose ensemble entropy is above ``voxel_entropy`` is left out
   of the loss (``IGNORE``), not called background: the liver's uncertain border and the
@@ -39,7 +40,7 @@ from bundle.data.slices import volume_slices
 from bundle.errors import DataError, unwrap_data_error
 from bundle.inference import find_volumes
 from bundle.networks.segmenter import load_model
-from bundle.quality import write_summary
+from bundle.quality import failed, write_summary
 
 __all__ = ["IGNORE", "bundle_part", "check_cohort", "PseudoLabels", "CohortSlices", "finished", "finish"]
 
@@ -82,7 +83,7 @@ class PseudoLabels:
     """The cohort segmented by the model with its contrast ensemble (``segmenter``: inference's
     ``SegmentVolumes`` with ``uncertainty``, writing into ``out``), then per case a pseudo-label
     (``<case>_pseudo.nii.gz``: 0 background, 1 liver, ``IGNORE`` where the ensemble's entropy is
-    above ``voxel_entropy``) where the case raised no quality flag. Written once: a resumed run
+    above ``voxel_entropy``) where the case raised no flag of a failed mask (``quality.failed``). Written once: a resumed run
     reuses them (``out/pseudo_labels.json``)."""
 
     def __init__(self, segmenter, cases: list[Path], out: str | Path, voxel_entropy: float = 0.25) -> None:
@@ -104,7 +105,7 @@ class PseudoLabels:
                 outputs, affine, quality = self.segmenter.predict(path)
                 name = case_name(path)
                 entry = {"case": name, "file": str(path), **{k: v for k, v in quality.items() if k != "thumbnails"}}
-                entry["trusted"] = not quality["flags"]
+                entry["trusted"] = not failed(quality["flags"])
                 if entry["trusted"]:
                     label = np.where(outputs["uncertainty"] > self.voxel_entropy, IGNORE, outputs["liver"]).astype(np.uint8)
                     entry["trusted_voxels"] = round(float((label != IGNORE).mean()), 4)
@@ -113,7 +114,7 @@ class PseudoLabels:
                         image = nib.Nifti1Image(label, affine)
                         image.set_data_dtype(np.uint8)
                         nib.save(image, str(tmp))
-                logger.info("%s: %s", name, "trusted" if entry["trusted"] else "not trusted (" + "; ".join(quality["flags"]) + ")")
+                logger.info("%s: %s", name, "trusted" if entry["trusted"] else "not trusted (" + "; ".join(failed(quality["flags"])) + ")")
                 rows.append(entry)
             write_summary(rows, self.out / "summary.csv")
             with atomic_outputs([record]) as (tmp,):

@@ -51,7 +51,7 @@ from bundle.data.slices import volume_slices
 from bundle.errors import DataError
 from bundle.figures import adaptation_figure, slice_grid
 from bundle.folds import LABELLED_MR_SECTIONS, fold_datalist, labelled_entries, subject, subject_folds
-from bundle.networks.segmenter import join_dual_path
+from bundle.networks.segmenter import join_dual_path, join_fallback
 from bundle.pipeline import CONFIGS, run_cyclegan, run_evaluation, run_stage1, run_stage2
 from bundle.precision import precision_that_runs
 from bundle.self_training import PSEUDO_SECTION, pseudo_labelled_datalist
@@ -73,8 +73,8 @@ MODELS = {
     "unet_ct_rand": ({"adaptation": "none", "train_section": "source", "train_modality": "ct", "appearance_randomisation": True}, "none"),
     # the contrast-agnostic source (bundle/synthesis.py): CT slices re-rendered with a random intensity per tissue
     "unet_ct_synth": ({"adaptation": "none", "train_section": "source", "train_modality": "ct", "synthesis": True}, "none"),
-    "unet_ct_synth_plain": ({"adaptation": "none", "train_section": "source", "train_modality": "ct", "synthesis": True,
-                             "synthesis_liver_extremes": 0.0}, "none"),  # without the liver drawn darkest or brightest
+    "unet_ct_synth_extremes": ({"adaptation": "none", "train_section": "source", "train_modality": "ct", "synthesis": True,
+                                "synthesis_liver_extremes": 0.3}, "none"),  # + the liver drawn darkest or brightest in 30% of the slices
     "unet_ct_synth_rand": ({"adaptation": "none", "train_section": "source", "train_modality": "ct", "synthesis": True,
                             "appearance_randomisation": True}, "none"),
     "dadr_rand": ({"adaptation": "dadr", "train_section": "source", "train_modality": "ct", "appearance_randomisation": True}, "dadr"),
@@ -109,6 +109,10 @@ STAGE1_TEACHERS = TEACHERS["agreement_st"]  # --stage1_pseudo_labels: stage 1 le
 DUAL_PATH = {"dadr_dual_st": ("dadr_agreement_st", "agreement_st"),  # the two students of the same teachers
              "dadr_dual_rand": ("dadr_agreement_st", "unet_ct_rand")}  # the DADR student and its non-adaptive teacher
 MODELS |= {dual: ({"adaptation": "dual"}, "dual") for dual in DUAL_PATH}
+# a fallback pair (inference.yaml --adaptation fallback): the first UNet, and the second where the first's mask fails the
+# quality checks; joined like the dual path (bundle.networks.join_fallback), no training of its own
+FALLBACK = {"rand_synth_fallback": ("unet_ct_rand", "unet_ct_synth")}
+MODELS |= {pair: ({"adaptation": "fallback"}, "fallback") for pair in FALLBACK}
 # models trained on the CT alone (no MR, no stage 1 or CycleGAN): one training per CT set, shared by the folds that have it
 SOURCE_ONLY = {m for m, (o, _) in MODELS.items() if o.get("adaptation") == "none" and o.get("train_section") == "source" and not o.get("joint")}
 EXPERIMENTS = {  # model -> the held-out modalities it is tested on
@@ -120,8 +124,9 @@ EXPERIMENTS = {  # model -> the held-out modalities it is tested on
              "unet_ct_rand": ("mr",), "dacgan": ("mr",), "dadr_agreement_st": ("mr",),  # and self-trained from stronger teachers
              "agreement_st": ("mr",), "dadr_dual_st": ("mr",),  # the same teachers' student on the images, and both paths averaged
              "dadr_dual_rand": ("mr",),  # the DADR student averaged with the randomised CT UNet (no second student to train)
-             "unet_ct": ("mr",), "unet_ct_synth": ("mr",), "unet_ct_synth_plain": ("mr",), "unet_ct_synth_rand": ("mr",),  # the synthetic source
+             "unet_ct": ("mr",), "unet_ct_synth": ("mr",), "unet_ct_synth_extremes": ("mr",), "unet_ct_synth_rand": ("mr",),  # the synthetic source
              "synth_st": ("mr",), "synth_st2": ("mr",),  # the synthetic source self-trained on the MR, one and two rounds
+             "rand_synth_fallback": ("mr",),  # the randomised CT UNet, the synthetic-source UNet where its mask fails the checks
              "dadr_style": ("mr",), "dadr_style_st": ("mr",),  # DADR's diverse style transfer, alone and self-trained
              "unet_mr": ("mr",), "dadr_mr": ("mr",)},  # supervised bounds: MR images, content-only MR images (stage 1's ceiling)
     "self_training": {"unet_ct_rand": ("mr",), "unet_ct_rand_st": ("mr",), "unet_ct_rand_st2": ("mr",),  # without adaptation, two rounds
@@ -192,17 +197,18 @@ def _run_fold(fold_dir: Path, fold: int | str, models: dict, settings: dict) -> 
     def train(model: str) -> dict:
         """Stage 2 of ``model`` unless it finished before; returns its train.yaml overrides."""
         model_dir = fold_dir / model
-        if model in DUAL_PATH:
-            members = [_model_path(fold_dir / m, train(m)) for m in DUAL_PATH[model]]
-            joined_from = {m: hashlib.sha256(path.read_bytes()).hexdigest() for m, path in zip(DUAL_PATH[model], members)}
+        if model in DUAL_PATH or model in FALLBACK:
+            names, join = (DUAL_PATH[model], join_dual_path) if model in DUAL_PATH else (FALLBACK[model], join_fallback)
+            members = [_model_path(fold_dir / m, train(m)) for m in names]
+            joined_from = {m: hashlib.sha256(path.read_bytes()).hexdigest() for m, path in zip(names, members)}
             if _marker(model_dir).get("members") != joined_from:  # first join, or a member retrained since: join and test again
                 if model_dir.exists():
                     shutil.rmtree(model_dir)
                 model_dir.mkdir(parents=True)
                 with atomic_outputs([model_dir / "model.pt"]) as (tmp,):
-                    torch.save(join_dual_path(*members), tmp)
-                seconds = [_train_seconds(fold_dir / m) for m in DUAL_PATH[model]]
-                precisions = {_marker(fold_dir / m).get("precision") for m in DUAL_PATH[model]}
+                    torch.save(join(*members), tmp)
+                seconds = [_train_seconds(fold_dir / m) for m in names]
+                precisions = {_marker(fold_dir / m).get("precision") for m in names}
                 _write_json(model_dir / "trained", {"train_seconds": None if None in seconds else round(sum(seconds), 1), "members": joined_from,
                                                     "precision": precisions.pop() if len(precisions) == 1 else None})
             return {}
@@ -465,7 +471,7 @@ def run_experiments(datalist: str | Path, out: str | Path, folds: int = 5, multi
         known = {m for e in names for m in EXPERIMENTS[e]}
         if unknown := [m for m in settings["models"] if m not in known]:
             raise ValueError(f"--models: {unknown} not in the experiments {names}; choose from {sorted(known)}")
-        needs = {m: {*TEACHERS.get(m, ()), *DUAL_PATH.get(m, ())} for m in settings["models"]}  # teachers, dual-path members
+        needs = {m: {*TEACHERS.get(m, ()), *DUAL_PATH.get(m, ()), *FALLBACK.get(m, ())} for m in settings["models"]}  # teachers, joined members
         if orphans := [m for m in settings["models"] if not needs[m] <= set(settings["models"])]:
             missing = sorted({t for m in orphans for t in needs[m]} - set(settings["models"]))
             raise ValueError(f"--models: {orphans} learn from {missing}: name those too")

@@ -28,15 +28,50 @@ from scipy import ndimage
 from bundle.atomic import atomic_outputs
 from bundle.data.orientation import anatomical_axis
 
-__all__ = ["QUALITY_FIELDS", "KeepLargestComponentd", "case_quality", "quality_flags", "CaseQualityd", "write_summary", "flag_rates"]
+__all__ = ["QUALITY_FIELDS", "FAILURE_FLAGS", "failed", "FallbackPathd", "KeepLargestComponentd", "case_quality", "quality_flags", "CaseQualityd", "write_summary", "flag_rates"]
 
 # what every case reports (summary.csv's columns, after the case and before the flags)
-QUALITY_FIELDS = ("liver_ml", "confidence", "paths_dice", "uncertainty", "touches_top", "touches_bottom", "components_removed", "removed_ml")
+QUALITY_FIELDS = ("liver_ml", "confidence", "paths_dice", "uncertainty", "touches_top", "touches_bottom", "components_removed", "removed_ml",
+                  "fallback")
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
     total = int(a.sum()) + int(b.sum())
     return 1.0 if total == 0 else 2.0 * float(np.logical_and(a, b).sum()) / total
+
+
+class FallbackPathd(MapTransform):
+    """A fallback pair's per-case choice (``--adaptation fallback``): where the first UNet's mask fails
+    the quality checks (a flag of ``FAILURE_FLAGS`` under ``thresholds``: an implausible volume, a low
+    confidence...), the class probabilities ``keys`` (after softmax, on the input's grid) become the
+    second UNet's (its liver probability: channel 1 of ``paths_key``), and ``data[fallback_key]`` says
+    why; otherwise nothing changes. The first UNet is the better one on the scans it knows, the second
+    (the contrast-agnostic source) the one that holds on a liver it has never seen (docs/RESULTS.md):
+    the checks that flag a failure pick between them. ``enabled``: false for other models."""
+
+    def __init__(self, keys: str = "pred", paths_key: str = "paths", enabled: bool = True, thresholds: dict | None = None,
+                 fallback_key: str = "fallback") -> None:
+        super().__init__(keys)
+        self.paths_key, self.enabled, self.fallback_key = paths_key, enabled, fallback_key
+        self.thresholds = {k: v for k, v in (thresholds or {}).items() if k != "fov_cut"} | {"fov_cut": "none"}
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        if not self.enabled or d.get(self.paths_key) is None:
+            return d
+        key = self.first_key(d)
+        probabilities, paths = d[key], torch.as_tensor(d[self.paths_key])
+        affine = np.asarray(getattr(probabilities, "affine", torch.eye(4)), dtype=np.float64)
+        first = np.asarray(torch.as_tensor(probabilities).max(dim=0).indices.cpu()) == 1
+        numbers = case_quality(first, np.asarray(paths[0].float().cpu()), affine)
+        reasons = failed(quality_flags(numbers, **self.thresholds))
+        if reasons:
+            liver = paths[1:2].to(probabilities.dtype)
+            replaced = torch.zeros_like(probabilities)
+            replaced[0:1], replaced[1:2] = 1 - liver, liver
+            d[key] = replaced
+            d[self.fallback_key] = "; ".join(reasons)
+        return d
 
 
 class KeepLargestComponentd(MapTransform):
@@ -81,7 +116,8 @@ def case_quality(mask: np.ndarray, liver_probability: np.ndarray, affine: np.nda
     - ``touches_top`` / ``touches_bottom``: whether the mask reaches the volume's most superior /
       inferior slice (a field of view that cuts the liver);
     - ``components_removed`` / ``removed_ml``: the liver islands the largest-component step dropped
-      (``removed``: :class:`KeepLargestComponentd`'s record) and their volume.
+      (``removed``: :class:`KeepLargestComponentd`'s record) and their volume;
+    - ``fallback``: whether a fallback pair's second UNet made the mask (set by :class:`CaseQualityd`).
     """
     mask = np.asarray(mask) > 0
     voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
@@ -92,13 +128,16 @@ def case_quality(mask: np.ndarray, liver_probability: np.ndarray, affine: np.nda
                "confidence": round(float(liver_probability[mask].mean()) if mask.any() else 0.0, 4),
                "paths_dice": None if paths is None else round(_dice(paths[0] > 0.5, paths[1] > 0.5), 4),
                "uncertainty": None if entropy is None else round(float(entropy.sum(dtype=np.float64) / max(int(mask.sum()), 1)), 4),
-               "touches_top": bool(top), "touches_bottom": bool(bottom), "components_removed": 0, "removed_ml": 0.0}
+               "touches_top": bool(top), "touches_bottom": bool(bottom), "components_removed": 0, "removed_ml": 0.0,
+               "fallback": False}
     if removed is not None:
         numbers["components_removed"] = int(removed["components"])
         numbers["removed_ml"] = round(float(removed["voxels"]) * voxel_ml, 1)
     return numbers
 
 
+# the flags that say the mask may be wrong; cut_by_fov says the scan misses part of the liver, whatever the mask
+FAILURE_FLAGS = ("implausible_volume", "low_confidence", "low_agreement", "high_uncertainty")
 FOV_CUT = ("none", "top", "both")  # quality_flags(fov_cut=...): which end of the scan a liver may not reach
 
 
@@ -126,6 +165,11 @@ def quality_flags(numbers: dict, liver_ml: Sequence[float] = (700.0, 3500.0), mi
     return flags
 
 
+def failed(flags: list[str]) -> list[str]:
+    """The ``flags`` that say the mask itself may be wrong (``FAILURE_FLAGS``)."""
+    return [f for f in flags if f.split(":", 1)[0] in FAILURE_FLAGS]
+
+
 class CaseQualityd(MapTransform):
     """Postprocessing's last step: ``data["quality"]`` = the case's numbers (:func:`case_quality`) and
     ``"flags"`` (:func:`quality_flags` under ``thresholds``), from the final mask ``keys`` and the items
@@ -136,9 +180,10 @@ class CaseQualityd(MapTransform):
     its item ``result`` in the infer response, so a Slicer user sees the numbers and flags."""
 
     def __init__(self, keys: str = "pred", probabilities_key: str = "probabilities", removed_key: str = "removed", paths_key: str = "paths",
-                 uncertainty_key: str = "uncertainty", thresholds: dict | None = None, result_key: str | None = None) -> None:
+                 uncertainty_key: str = "uncertainty", thresholds: dict | None = None, result_key: str | None = None,
+                 fallback_key: str = "fallback") -> None:
         super().__init__(keys)
-        self.result_key = result_key
+        self.result_key, self.fallback_key = result_key, fallback_key
         self.probabilities_key, self.removed_key, self.paths_key, self.uncertainty_key = probabilities_key, removed_key, paths_key, uncertainty_key
         self.thresholds = dict(thresholds or {})
 
@@ -151,10 +196,13 @@ class CaseQualityd(MapTransform):
         probabilities, paths, entropy = array(self.probabilities_key), array(self.paths_key), array(self.uncertainty_key)
         numbers = case_quality(np.asarray(mask[0]), probabilities[1], affine, d.get(self.removed_key), paths,
                                None if entropy is None else entropy[0])
-        d["quality"] = numbers | {"flags": quality_flags(numbers, **self.thresholds)}
+        flags = quality_flags(numbers, **self.thresholds)
+        if d.get(self.fallback_key):
+            flags.append(f"fallback: the first UNet's mask failed ({d[self.fallback_key]}); this mask is the fallback UNet's")
+        d["quality"] = numbers | {"fallback": bool(d.get(self.fallback_key)), "flags": flags}
         if self.result_key:
             d[self.result_key] = {**d.get(self.result_key, {}), "quality": d["quality"]}
-        for k in (self.probabilities_key, self.removed_key, self.paths_key):
+        for k in (self.probabilities_key, self.removed_key, self.paths_key, self.fallback_key):
             d.pop(k, None)
         return d
 

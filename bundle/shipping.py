@@ -15,7 +15,7 @@ import torch
 
 from bundle.atomic import atomic_outputs
 from bundle.errors import DataError
-from bundle.networks.segmenter import join_dual_path, read_weights
+from bundle.networks.segmenter import join_dual_path, join_fallback, read_weights
 
 __all__ = ["ship_weights", "publish"]
 
@@ -29,16 +29,20 @@ def _half(path: Path, state: dict[str, torch.Tensor] | None = None) -> dict[str,
 
 
 def ship_weights(model: str | Path, drl: str | Path, out: str | Path = "models", max_mb: float = 40.0,
-                 image_model: str | Path | None = None) -> dict[str, float]:
+                 image_model: str | Path | None = None, fallback_model: str | Path | None = None) -> dict[str, float]:
     """Write float16 copies of the inference network ``model`` and the DRLModule ``drl`` as
     ``out/model.pt`` and ``out/drl.pth``; both or neither are written. Returns their sizes in MB.
     With ``image_model`` (a UNet on the images), ``model.pt`` is the dual path of ``model`` (a
-    DADR model) and ``image_model`` (``inference.yaml --adaptation dual``).
+    DADR model) and ``image_model`` (``inference.yaml --adaptation dual``); with ``fallback_model``,
+    the fallback pair of ``model`` and ``fallback_model`` (two UNets on the images, ``--adaptation fallback``).
 
     Raises ``DataError`` if the copies together exceed ``max_mb``.
     """
     out = Path(out)
-    joined = None if image_model is None else join_dual_path(model, image_model)
+    if image_model is not None and fallback_model is not None:
+        raise DataError("--fallback_model", "a model is a dual path (--image_model) or a fallback pair (--fallback_model), not both")
+    joined = (join_dual_path(model, image_model) if image_model is not None
+              else join_fallback(model, fallback_model) if fallback_model is not None else None)
     states = [_half(Path(model), joined), _half(Path(drl))]
     finals = [out / "model.pt", out / "drl.pth"]
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Cohort adaptation measured on the dev patients' folds (configs/adapt.yaml; docs/RESULTS.md, "Cohort adaptation").
 
     python scripts/adapt_experiment.py --run RUN/dadr --model unet_ct_synth --out OUT [--variants clean,dark_liver] \\
-        [--max_minutes 10] [--source False]
+        [--max_minutes 10] [--max_epochs N] [--source False]
 
 RUN is an experiment runner's folder of folds (``scripts/experiments.py ... --experiments dadr --stress True``):
 ``RUN/fold_k/datalist.json`` splits the MR into the fold's training patients (``target``, unlabelled) and its held-out
@@ -9,7 +9,8 @@ ones (``target_test``); ``RUN/fold_k/MODEL/model.pt`` is a model that never saw 
 fold and variant (``clean``: the images as they are; a robustness-suite variant: ``RUN/../stress_suite/<variant>``), the
 model adapts to the fold's training patients' images (their labels are never read), then the adapted and the
 unadapted model are scored on those patients (the unsupervised-adaptation setting) and on the held-out ones (unseen),
-per patient, with the adaptation's wall time. ``--source True`` also trains on the datalist's labelled CT.
+per patient, with the adaptation's wall time; where adapt refuses (no case trusted) the model stays as it was and
+the row says so. ``--source True`` also trains on the datalist's labelled CT.
 Writes ``OUT/results.csv`` and ``OUT/results.md``; a finished step is not run again.
 """
 
@@ -52,7 +53,7 @@ def _scores(datalist: Path, model: Path, out: Path, sizes: dict) -> list[dict]:
 
 
 def adapt_experiment(run: str, model: str, out: str, variants: str | tuple = ("clean", "dark_liver"), max_minutes: float = 10.0,
-                     source: bool = False, image_size: int = 128) -> None:
+                     source: bool = False, image_size: int = 128, max_epochs: int | None = None) -> None:
     """Adapt each fold's MODEL to the fold's training MR (per variant) and score it against the unadapted model."""
     run, out, sizes = Path(run).expanduser(), Path(out).expanduser(), {"image_size": image_size}
     names = variants.split(",") if isinstance(variants, str) else list(variants)
@@ -75,23 +76,32 @@ def adapt_experiment(run: str, model: str, out: str, variants: str | tuple = ("c
                 if not link.exists():
                     link.symlink_to(Path(entry["image"]).resolve())
             adapted = base / "adapted"
-            if not (adapted / "adapt.json").is_file():
+            if not (adapted / "adapt.json").is_file() and not (base / "nothing_trusted").is_file():
                 start = time.perf_counter()
-                run_bundle("adapt", config_file=str(CONFIGS / "adapt.yaml"), bundle_root=str(CONFIGS.parent), dataset_dir=str(cohort), output_dir=str(adapted),
-                           model_path=str(weights), max_minutes=max_minutes, datalist=str(fold / "datalist.json") if flag(source, "source") else None,
-                           **sizes)
+                try:
+                    run_bundle("adapt", config_file=str(CONFIGS / "adapt.yaml"), bundle_root=str(CONFIGS.parent), dataset_dir=str(cohort),
+                               output_dir=str(adapted), model_path=str(weights), max_minutes=max_minutes,
+                               **({} if max_epochs is None else {"max_epochs": int(max_epochs)}),
+                               datalist=str(fold / "datalist.json") if flag(source, "source") else None, **sizes)
+                except DataError as e:
+                    if "nothing to adapt on" not in str(e):
+                        raise
+                    (base / "nothing_trusted").write_text(str(e))  # adapt refused: the model stays as it was
                 (base / "adapt_seconds").write_text(f"{time.perf_counter() - start:.1f}")
             seconds = float((base / "adapt_seconds").read_text()) if (base / "adapt_seconds").is_file() else None
-            for name, path in (("unadapted", weights), ("adapted", adapted / "model.pt")):
+            refused = (base / "nothing_trusted").is_file()
+            for name, path in (("unadapted", weights), ("adapted", weights if refused else adapted / "model.pt")):
                 for section, setting in (("target", "adapted patients"), ("target_test", "unseen patients")):
                     for row in _scores(lists[section], path, base / f"{name}_{section}", sizes):
                         rows.append({"fold": fold.name, "variant": variant, "model": name, "setting": setting, "subject": row["subject"],
-                                     "dice": row["dice"], "adapt_seconds": seconds if name == "adapted" else None})
+                                     "dice": row["dice"], "adapt_seconds": seconds if name == "adapted" else None,
+                                     "nothing_trusted": refused})
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=["fold", "variant", "model", "setting", "subject", "dice", "adapt_seconds"])
+    writer = csv.DictWriter(text, fieldnames=["fold", "variant", "model", "setting", "subject", "dice", "adapt_seconds", "nothing_trusted"])
     writer.writeheader()
     writer.writerows(rows)
-    lines = [f"Cohort adaptation of {model} ({run}), max {max_minutes} min, source CT: {flag(source, 'source')}; Dice mean (std)", "",
+    lines = [f"Cohort adaptation of {model} ({run}), max {max_minutes} min, max_epochs {max_epochs or 'adapt.yaml'}, "
+             f"source CT: {flag(source, 'source')}; Dice mean (std)", "",
              "| variant | setting | fold | unadapted | adapted | adapted - unadapted | adapt min |", "|---|---|---|---|---|---|---|"]
     for variant in names:
         for setting in ("adapted patients", "unseen patients"):

@@ -32,7 +32,7 @@ def calibrate(metrics: str | list, liver_ml: str | tuple = (700, 3500), confiden
     rows = []
     for path in files:
         for row in json.loads(Path(path).read_text())["subjects"]:
-            if all(k in row for k in QUALITY_FIELDS):
+            if all(k in row for k in QUALITY_FIELDS[:2]):  # liver_ml, confidence: what every release's evaluation wrote
                 rows.append(row | {"source": path})
     if not rows:
         raise DataError(",".join(patterns), "matches no metrics.json with quality numbers (evaluate with this release's inference.yaml)")

@@ -641,3 +641,44 @@ def test_inference_writes_the_quality_summary_the_report_and_a_warning_per_flagg
     assert page.count("class='case") == len(cases) and page.count("data:image/jpeg;base64,") == 2 * len(cases)
     quiet = run_inference(phantoms / "mr", tmp_path / "quiet", weights / "model.pt", "--report", "false")
     assert quiet.returncode == 0 and (tmp_path / "quiet" / "summary.csv").is_file() and not (tmp_path / "quiet" / "report.html").exists()
+
+
+def _unet_model(path, seed: int) -> None:
+    """A UNet on the images (random weights) of the test sizes, saved as a stage-2 model."""
+    torch.manual_seed(seed)
+    torch.save(LiverSegmenter(64, None, UNet(2, 1, 2, (8, 16, 32, 64, 128), (2, 2, 2, 2), num_res_units=2)).state_dict(), path)
+
+
+def test_fallback_pair_gives_the_first_unets_mask_unless_its_quality_checks_fail(phantoms, tmp_path):
+    """--adaptation fallback (auto reads it from the joined weights): the first UNet segments; where its mask is
+    flagged as failed the mask is the second UNet's, and the case says so; MONAI Label's /train takes the first."""
+    from bundle.networks import join_fallback, recorded_adaptation
+    first, second = tmp_path / "first.pt", tmp_path / "second.pt"
+    _unet_model(first, 0)
+    _unet_model(second, 1)
+    torch.save(join_fallback(first, second), tmp_path / "pair.pt")
+    assert recorded_adaptation(tmp_path / "pair.pt") == "fallback"
+    with pytest.raises(DataError, match="not a single UNet on the images"):
+        join_fallback(tmp_path / "pair.pt", second)
+    sizes = ["--unet_channels", "[8, 16, 32, 64, 128]", "--image_size", "64"]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(phantoms / "mr/mr_000_t1_pre_image.nii.gz", folder)
+    masks = {}
+    for name, model, quality in (("first", first, "{'liver_ml': [0, 1e9]}"), ("second", second, "{'liver_ml': [0, 1e9]}"),
+                                 ("pair_kept", tmp_path / "pair.pt", "{'liver_ml': [0, 1e9]}"),
+                                 ("pair_fell_back", tmp_path / "pair.pt", "{'liver_ml': [1e8, 1e9]}")):
+        args = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.yaml", "--dataset_dir", str(folder),
+                "--output_dir", str(tmp_path / name), "--model_path", str(model), "--quality", quality, *sizes]
+        result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert result.returncode == 0, result.stderr[-2000:]
+        masks[name] = np.asarray(nib.load(tmp_path / name / "mr_000_t1_pre_image_liver.nii.gz").dataobj)
+        with open(tmp_path / name / "summary.csv") as f:
+            masks[name + "_row"] = next(csv.DictReader(f))
+    assert np.array_equal(masks["pair_kept"], masks["first"]) and masks["pair_kept_row"]["fallback"] == "False"
+    assert np.array_equal(masks["pair_fell_back"], masks["second"]) and masks["pair_fell_back_row"]["fallback"] == "True"
+    assert "fallback: the first UNet's mask failed (implausible_volume" in masks["pair_fell_back_row"]["flags"]
+    assert masks["pair_kept_row"]["paths_dice"] != ""  # the two UNets' agreement is a quality number of the pair
+    taker = LiverSegmenter(64, None, UNet(2, 1, 2, (8, 16, 32, 64, 128), (2, 2, 2, 2), num_res_units=2), other_paths="take")
+    taker.load_state_dict(torch.load(tmp_path / "pair.pt", weights_only=True))
+    assert all(torch.equal(v, torch.load(first, weights_only=True)["unet." + k]) for k, v in taker.unet.state_dict().items())

@@ -4,7 +4,10 @@ One 2D module that MONAI's ``SliceInferer`` applies to every slice of a volume, 
 loads from ``models/model.pt``, and that exports to TorchScript. It takes a normalised slice of
 any size, brings it to the square size the networks were trained on and brings the logits back.
 The dual path (not in the paper) averages it with a UNet on the image itself: two views of one
-slice, whose errors differ (the content path loses detail, the image path the domain).
+slice, whose errors differ (the content path loses detail, the image path the domain). The
+fallback pair (not in the paper) is two UNets on the image: the first segments, the second (the
+contrast-agnostic one) takes over a case whose first mask fails the quality checks (that choice
+is per volume: ``bundle.quality.FallbackPathd``, in inference's postprocessing).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from bundle.networks.trained_for import TrainedFor
 
 OTHER_PATHS = ("refuse", "drop", "take")  # LiverSegmenter(other_paths=...)
 
-__all__ = ["OTHER_PATHS", "LiverSegmenter", "describe_paths", "join_dual_path", "load_drl_weights", "load_model", "read_weights", "recorded_adaptation"]
+__all__ = ["OTHER_PATHS", "LiverSegmenter", "describe_paths", "join_dual_path", "join_fallback", "load_drl_weights", "load_model", "read_weights",
+           "recorded_adaptation"]
 
 
 class LiverSegmenter(nn.Module):
@@ -42,11 +46,13 @@ class LiverSegmenter(nn.Module):
         ct_window, mr_percentiles: the intensity normalisation the weights are trained for,
             recorded with them with ``image_size`` (``TrainedFor``); other values refuse to load.
 
-        image_unet: the dual path (``None``: none): a second UNet, trained on the images
-            themselves (no adaptation), whose class probabilities are averaged with ``unet``'s on
+        image_unet: a second UNet, trained on the images themselves (``None``: none). With a
+            content path, the dual path: its class probabilities are averaged with ``unet``'s on
             the content-only images; the output is then the log of the mean probabilities (a
-            softmax gives them back). Assembled from two trained models by ``join_dual_path``;
-            never trained as one.
+            softmax gives them back). Without one, the fallback pair: the output is ``unet``'s,
+            the second UNet's liver probability comes with it (``segment_with_content``'s third
+            output) for the per-case fallback. Assembled from two trained models by
+            ``join_dual_path`` or ``join_fallback``; never trained as one.
         other_paths: what loading weights of another composition (their recorded ``paths``) does:
             ``refuse`` (an error naming both); ``drop``: the network becomes theirs when it has
             their parts, dropping the paths they lack (inference's ``--adaptation auto``: MONAI
@@ -101,13 +107,14 @@ class LiverSegmenter(nn.Module):
             self.paths.copy_(theirs)
             return True
         if self.other_paths == "take" and not my_dual and their_dual:
-            # of a dual path, a UNet on the images takes the image UNet, a DADR model the content path and its UNet
+            # of a dual path, a UNet on the images takes the image UNet, a DADR model the content path and its UNet;
+            # of a fallback pair, a UNet on the images takes the first UNet
             theirs_named = {k[len(prefix):]: state_dict.pop(k) for k in [k for k in state_dict if k.startswith(prefix)]}
             for name, value in theirs_named.items():
                 if name.startswith("image_unet."):
-                    if not my_content:
+                    if not my_content and their_content:
                         state_dict[prefix + name.removeprefix("image_")] = value
-                elif my_content or not name.startswith(("content_path.", "unet.")):
+                elif my_content or not name.startswith(("content_path.", "unet.")) or (name.startswith("unet.") and not their_content):
                     state_dict[prefix + name] = value
             state_dict[prefix + "paths"] = self.paths.clone()
             return True
@@ -131,15 +138,17 @@ class LiverSegmenter(nn.Module):
         paths = None
         if self.image_unet is not None:
             each = torch.softmax(logits.float(), dim=1), torch.softmax(self.image_unet(square).float(), dim=1)
-            logits = ((each[0] + each[1]) / 2).clamp_min(1e-12).log()
+            if not isinstance(self.content_path, nn.Identity):  # the dual path: the mean; a fallback pair: the first UNet's
+                logits = ((each[0] + each[1]) / 2).clamp_min(1e-12).log()
             paths = torch.cat([p[:, 1:2] for p in each], dim=1)  # each path's liver probability, for the quality numbers
         return logits, content, paths
 
     def segment_with_content(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(logits, content-only image) of slices ``x`` (N, C, H, W), both (N, ., H, W); the
         content-only image is that of the middle channel (the slice itself for a 2.5D input).
-        With ``image_unet``, the logits are the log of the two UNets' mean probabilities, and a
-        third output holds each path's liver probability (N, 2, H, W): where they disagree."""
+        With ``image_unet``, the logits are the log of the two UNets' mean probabilities (the dual
+        path) or the first UNet's (a fallback pair), and a third output holds each path's liver
+        probability (N, 2, H, W): where they disagree, and the fallback's mask."""
         logits, content, paths = self._square(x)
         middle = content.shape[1] // 2
         h, w = x.shape[-2], x.shape[-1]
@@ -164,7 +173,7 @@ def recorded_adaptation(model_path: str | Path) -> str:
         content, image = (bool(v) for v in state["paths"])
     else:
         content, image = (any(k.startswith(prefix) for k in state) for prefix in ("content_path.", "image_unet."))
-    return "dual" if content and image else "dadr" if content else "none"
+    return "dual" if content and image else "dadr" if content else "fallback" if image else "none"
 
 
 def describe_paths(paths: torch.Tensor) -> str:
@@ -172,6 +181,8 @@ def describe_paths(paths: torch.Tensor) -> str:
     content, image = (bool(v) for v in paths)
     if content and image:
         return "a content path and a UNet on the images (--adaptation dual)"
+    if image:
+        return "a UNet on the images with a fallback UNet (--adaptation fallback)"
     return "a content path (--adaptation dadr)" if content else "a UNet on the images alone (--adaptation none)"
 
 
@@ -221,6 +232,22 @@ def join_dual_path(content_model: str | Path, image_model: str | Path) -> dict[s
         raise DataError(image_model, f"has another UNet than {content_model} (--unet_channels, --context_slices, --out_channels): "
                                      "the dual path's two UNets have one shape")
     return content | {"image_" + k: v for k, v in image.items() if k.startswith("unet.")} | {"paths": torch.tensor([1, 1], dtype=torch.uint8)}
+
+
+def join_fallback(first_model: str | Path, fallback_model: str | Path) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` of a fallback pair (``--adaptation fallback``) from two UNets on the images of one
+    shape and intensity settings: ``first_model`` segments, ``fallback_model`` (the contrast-agnostic one)
+    takes over a case whose first mask fails the quality checks."""
+    first, fallback = read_weights(Path(first_model)), read_weights(Path(fallback_model))
+    for path, state in ((first_model, first), (fallback_model, fallback)):
+        if any(k.startswith(("content_path.", "image_unet.")) for k in state):
+            raise DataError(path, "is not a single UNet on the images: a fallback pair joins two (--adaptation none)")
+    recorded = [TrainedFor.describe(s["trained_for.values"]) for s in (first, fallback) if "trained_for.values" in s]
+    if len(set(recorded)) > 1:
+        raise DataError(fallback_model, f"was trained for {recorded[1]}, but {first_model} for {recorded[0]}")
+    if {k: tuple(v.shape) for k, v in first.items() if k.startswith("unet.")} != {k: tuple(v.shape) for k, v in fallback.items() if k.startswith("unet.")}:
+        raise DataError(fallback_model, f"has another UNet than {first_model}: a fallback pair's two UNets have one shape")
+    return first | {"image_" + k: v for k, v in fallback.items() if k.startswith("unet.")} | {"paths": torch.tensor([0, 1], dtype=torch.uint8)}
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
