@@ -1,7 +1,7 @@
 """Cohort adaptation measured on the dev patients' folds (configs/adapt.yaml; docs/RESULTS.md, "Cohort adaptation").
 
     python scripts/adapt_experiment.py --run RUN/dadr --model unet_ct_synth --out OUT [--variants clean,dark_liver] \\
-        [--max_minutes 10] [--max_epochs N] [--source False]
+        [--max_minutes 10] [--max_epochs N] [--source False] [--fallback unet_ct_synth]
 
 RUN is an experiment runner's folder of folds (``scripts/experiments.py ... --experiments dadr --stress True``):
 ``RUN/fold_k/datalist.json`` splits the MR into the fold's training patients (``target``, unlabelled) and its held-out
@@ -9,7 +9,9 @@ ones (``target_test``); ``RUN/fold_k/MODEL/model.pt`` is a model that never saw 
 fold and variant (``clean``: the images as they are; a robustness-suite variant: ``RUN/../stress_suite/<variant>``), the
 model adapts to the fold's training patients' images (their labels are never read), then the adapted and the
 unadapted model are scored on those patients (the unsupervised-adaptation setting) and on the held-out ones (unseen),
-per patient, with the adaptation's wall time; where adapt refuses (no case trusted) the model stays as it was and
+per patient, with the adaptation's wall time; with ``--fallback F`` (a runner model of each fold, e.g. ``unet_ct_synth``)
+also the unseen patients under every suite variant, by the model adapted to the clean images alone and as the first
+UNet of a fallback pair with F (``inference.yaml --adaptation fallback``); where adapt refuses (no case trusted) the model stays as it was and
 the row says so. ``--source True`` also trains on the datalist's labelled CT.
 Writes ``OUT/results.csv`` and ``OUT/results.md``; a finished step is not run again.
 """
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from bundle.atomic import atomic_outputs
 from bundle.cli import flag, run_cli
@@ -28,7 +31,8 @@ from bundle.data.datalist import read_datalist
 from bundle.errors import DataError
 from bundle.folds import subject
 from bundle.pipeline import CONFIGS, run_bundle, run_evaluation
-from bundle.stress import suite_datalist
+from bundle.networks import join_fallback
+from bundle.stress import VARIANTS, suite_datalist
 
 
 def _entries(fold: Path, section: str, variant: str, out: Path) -> Path:
@@ -52,8 +56,41 @@ def _scores(datalist: Path, model: Path, out: Path, sizes: dict) -> list[dict]:
     return json.loads(metrics.read_text())["subjects"]
 
 
+def _suite_of_the_adapted(folds: list[Path], model: str, fallback: str, out: str | Path, sizes: dict) -> list[str]:
+    """The unseen patients of each fold under every robustness-suite variant, scored by the model adapted to the fold's
+    clean training MR, alone and as the first UNet of a fallback pair with ``fallback`` (a runner model of the fold),
+    beside the unadapted model and pair: the table lines."""
+    scores: dict[tuple[str, str], list[float]] = {}
+    for fold in folds:
+        base = Path(out) / fold.name / "clean"
+        adapted = fold / model / "model.pt" if (base / "nothing_trusted").is_file() else base / "adapted" / "model.pt"
+        pair = base / "pair.pt"
+        if not pair.is_file():
+            with atomic_outputs([pair]) as (tmp,):
+                torch.save(join_fallback(adapted, fold / fallback / "model.pt"), tmp)
+        unadapted_pair = base / "unadapted_pair.pt"
+        if not unadapted_pair.is_file():
+            with atomic_outputs([unadapted_pair]) as (tmp,):
+                torch.save(join_fallback(fold / model / "model.pt", fold / fallback / "model.pt"), tmp)
+        for variant in ("clean", *VARIANTS):
+            folder = base / "suite" / variant
+            folder.mkdir(parents=True, exist_ok=True)
+            held_out = _entries(fold, "target_test", variant, folder)
+            for name, path in (("unadapted", fold / model / "model.pt"), ("adapted", adapted), ("unadapted + fallback", unadapted_pair),
+                               ("adapted + fallback", pair)):
+                scores.setdefault((name, variant), []).extend(r["dice"] for r in _scores(held_out, path, folder / name.replace(" + ", "_"), sizes))
+    columns = ("clean", *VARIANTS)
+    lines = ["", f"Unseen patients under the robustness suite (both folds): {model} adapted to the fold's clean training MR, and as the "
+             f"first UNet of a fallback pair with {fallback}; Dice mean (std)", "",
+             "| model | " + " | ".join(columns) + " | mean of the variants |", "|---" * (len(columns) + 2) + "|"]
+    for name in ("unadapted", "adapted", "unadapted + fallback", "adapted + fallback"):
+        cells = [f"{np.mean(scores[name, v]):.3f} ({np.std(scores[name, v]):.3f})" for v in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {np.mean([np.mean(scores[name, v]) for v in VARIANTS]):.3f} |")
+    return lines
+
+
 def adapt_experiment(run: str, model: str, out: str, variants: str | tuple = ("clean", "dark_liver"), max_minutes: float = 10.0,
-                     source: bool = False, image_size: int = 128, max_epochs: int | None = None) -> None:
+                     source: bool = False, image_size: int = 128, max_epochs: int | None = None, fallback: str | None = None) -> None:
     """Adapt each fold's MODEL to the fold's training MR (per variant) and score it against the unadapted model."""
     run, out, sizes = Path(run).expanduser(), Path(out).expanduser(), {"image_size": image_size}
     names = variants.split(",") if isinstance(variants, str) else list(variants)
@@ -113,6 +150,8 @@ def adapt_experiment(run: str, model: str, out: str, variants: str | tuple = ("c
                            and (fold == "all" or r["fold"] == fold)]
                 lines.append(f"| {variant} | {setting} | {fold} | {np.mean(before):.3f} ({np.std(before):.3f}) | {np.mean(after):.3f} "
                              f"({np.std(after):.3f}) | {np.mean(after) - np.mean(before):+.3f} | {np.mean(minutes):.1f} |")
+    if fallback is not None:
+        lines += _suite_of_the_adapted(folds, model, fallback, out, sizes)
     with atomic_outputs([out / "results.csv", out / "results.md"]) as (tmp_csv, tmp_md):
         tmp_csv.write_text(text.getvalue())
         tmp_md.write_text("\n".join(lines) + "\n")
