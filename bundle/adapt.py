@@ -7,8 +7,8 @@ checks trust, and fine-tunes its UNet(s) on them.
 
 - A case is trusted when inference raises no flag that its mask may be wrong (``inference.yaml``
   ``quality``: plausible volume, confidence, the dual path's agreement...; a liver cut by the
-  field of view is still a good mask of what the scan holds). An untrusted case contributes
-  nothing.
+  field of view is still a good mask of what the scan holds), and, for a fallback pair, when its
+  first UNet made the mask. An untrusted case contributes nothing.
 - Inside a trusted case, a voxel whose ensemble entropy is above ``voxel_entropy`` is left out
   of the loss (``IGNORE``), not called background: the liver's uncertain border and the
   structures the contrasts disagree on do not teach the model its own doubts.
@@ -105,7 +105,7 @@ class PseudoLabels:
                 outputs, affine, quality = self.segmenter.predict(path)
                 name = case_name(path)
                 entry = {"case": name, "file": str(path), **{k: v for k, v in quality.items() if k != "thumbnails"}}
-                entry["trusted"] = not failed(quality["flags"])
+                entry["trusted"] = not failed(quality["flags"]) and not quality.get("fallback")  # a fallback's mask is the weaker model's
                 if entry["trusted"]:
                     label = np.where(outputs["uncertainty"] > self.voxel_entropy, IGNORE, outputs["liver"]).astype(np.uint8)
                     entry["trusted_voxels"] = round(float((label != IGNORE).mean()), 4)
@@ -114,7 +114,8 @@ class PseudoLabels:
                         image = nib.Nifti1Image(label, affine)
                         image.set_data_dtype(np.uint8)
                         nib.save(image, str(tmp))
-                logger.info("%s: %s", name, "trusted" if entry["trusted"] else "not trusted (" + "; ".join(failed(quality["flags"])) + ")")
+                reasons = failed(quality["flags"]) + (["the fallback UNet made its mask"] if quality.get("fallback") else [])
+                logger.info("%s: %s", name, "trusted" if entry["trusted"] else "not trusted (" + "; ".join(reasons) + ")")
                 rows.append(entry)
             write_summary(rows, self.out / "summary.csv")
             with atomic_outputs([record]) as (tmp,):
