@@ -14,7 +14,7 @@ TEST_WORKERS ?= auto
 REAL ?= ../shared/data/real
 REAL_OUT ?= data/real
 
-.PHONY: demo test verify real-data clean
+.PHONY: demo test test-all verify real-data clean
 
 $(STAMP): requirements.txt requirements-monailabel.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,10 @@ demo: $(STAMP)
 	$(BIN)/python scripts/demo.py --out $(DEMO_OUT)
 
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow" tests
+
+test-all: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 verify: $(STAMP)
 	$(BIN)/python -m monai.bundle verify_metadata --meta_file configs/metadata.json --filepath configs/schema/meta_schema_20240725.json

@@ -28,3 +28,7 @@ def phantoms(tmp_path_factory) -> Path:
 def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
     """Run ``scripts/<script>`` as a user would, capturing its output."""
     return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *map(str, args)], capture_output=True, text=True, cwd=ROOT)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a heavy check outside the CI suite (make test leaves it out, make test-all runs it)")

@@ -14,6 +14,7 @@ from conftest import ROOT, run_script
 from bundle.benchmark import benchmark_drl
 
 
+@pytest.mark.slow  # make test-all: a benchmark's own run
 def test_drl_benchmark_prints_its_last_line_and_counts_the_arithmetic():
     result = run_script("benchmark.py", "drl", "--size", "64", "--dim", "4", "--iters", "1", "--warmup", "0", "--profile", "true")
     assert result.returncode == 0, result.stderr
@@ -59,6 +60,7 @@ def fake_checkout(folder):
     return folder
 
 
+@pytest.mark.slow  # make test-all: a benchmark's own run
 def test_reference_option_alternates_the_reference_iteration_with_ours_and_prints_the_ratio(tmp_path):
     result = run_script("benchmark.py", "drl", "--size", "64", "--dim", "4", "--iters", "3", "--warmup", "1",
                         "--reference", fake_checkout(tmp_path / "munit"))
@@ -112,6 +114,7 @@ def test_compile_option_compiles_the_network_and_every_discriminator_in_place(ph
     assert compiled == [trainer.network, *trainer.discriminators.children()] and len(compiled) >= 3
 
 
+@pytest.mark.slow  # make test-all: the GPU node's script, on the CPU
 def test_gpu_check_script_runs_every_step_tiny_on_the_cpu(tmp_path):
     env = {**os.environ, "SIZE": "64", "DIM": "4", "ITERS": "1", "TRAIN_ITERS": "2", "LIMIT": "2", "DEVICE": "cpu", "COMPILE": "False",
            "OUT": str(tmp_path), "PY": sys.executable, "OMP_NUM_THREADS": "1"}

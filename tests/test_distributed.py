@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import ROOT
 
@@ -36,6 +37,7 @@ def one_process(config: str, *args: str) -> subprocess.CompletedProcess:
     return result
 
 
+@pytest.mark.slow  # make test-all: stage 1's torchrun config on one process and stage 2 on two cover the launcher
 def test_stage1_on_two_processes(tmp_path):
     torchrun(["configs/drl_train.yaml", "configs/multi_gpu_drl_train.yaml"], "--dataset_dir", tmp_path / "data", "--output_dir", tmp_path / "out",
              "--drl_path", tmp_path / "drl.pt", "--phantom_subjects", "2", "--max_iterations", "20", *SMALL_GAN)
@@ -93,6 +95,7 @@ def test_stage2_refuses_a_global_batch_the_ranks_cannot_share(phantoms, tmp_path
     assert "error: --batch_size: 3 is not a multiple of the 2 processes" in result.stderr
 
 
+@pytest.mark.slow  # make test-all: the stage-1 and stage-2 torchrun tests cover the same launcher
 def test_cyclegan_on_two_processes(tmp_path):
     """The DACGAN baseline's CycleGAN with the stage-1 multi-GPU config: weights and checkpoints
     written once, one validation record per validation (rank 0's)."""

@@ -278,6 +278,7 @@ def test_folds_share_a_model_trained_on_the_ct_alone(phantoms, tmp_path):
         assert (folders[fold] / "test_mr" / "metrics.json").is_file()
 
 
+@pytest.mark.slow  # make test-all: a research option of the runner
 @pytest.mark.parametrize("experiment, teacher, student", [("self_training", "dacgan", "agreement_st"), ("dadr", "dacgan", "dadr_agreement_st"),
                                                          ("dadr", "dadr_style", "dadr_style_st")])
 def test_agreement_student_learns_where_two_teachers_agree(phantoms, tmp_path, monkeypatch, experiment, teacher, student):
@@ -308,6 +309,7 @@ def test_agreement_student_learns_where_two_teachers_agree(phantoms, tmp_path, m
     assert json.loads((fold / student / "trained").read_text())["train_seconds"] > 0
 
 
+@pytest.mark.slow  # make test-all: a research option of the runner
 def test_dadr_experiment_with_the_task_aware_content_space(phantoms, tmp_path, monkeypatch):
     """``--experiments dadr --task_weight 1 --split_source False``: every CT subject trains stage 1
     with its labels (the segmenter is in drl.pt), each MR image is tested once by DADR, DADR with
@@ -350,6 +352,7 @@ def test_dadr_experiment_with_the_task_aware_content_space(phantoms, tmp_path, m
     assert log  # stage 1 validated
 
 
+@pytest.mark.slow  # make test-all: a research option of the runner
 def test_stage1_learns_the_mr_where_the_teachers_agree(phantoms, tmp_path, monkeypatch):
     """``--stage1_pseudo_labels True``: the two teachers train first, their agreed masks of the fold's
     training MR (never a test image) are stage 1's MR pseudo-labels, and stage 1 logs the MR task term.
