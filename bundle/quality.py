@@ -210,8 +210,9 @@ class CaseQualityd(MapTransform):
 def flag_rates(rows: list[dict], failed_below: float = 0.70, good_from: float = 0.80, **thresholds) -> dict:
     """How well flags under ``thresholds`` (:func:`quality_flags`) separate ``rows`` (cases with ``dice`` and the
     quality numbers): the cases below ``failed_below`` and how many are flagged, the cases from
-    ``good_from`` and how many are flagged (false alarms)."""
-    flagged = [bool(quality_flags(r, **thresholds)) for r in rows]
+    ``good_from`` and how many are flagged (false alarms). A case that a fallback pair's second UNet
+    segmented is flagged whatever the thresholds (inference says so)."""
+    flagged = [bool(quality_flags(r, **thresholds)) or str(r.get("fallback", False)) not in ("False", "", "None") for r in rows]
     failed = [f for r, f in zip(rows, flagged) if r["dice"] < failed_below]
     good = [f for r, f in zip(rows, flagged) if r["dice"] >= good_from]
     return {"failed": len(failed), "failed_flagged": sum(failed), "good": len(good), "good_flagged": sum(good)}

@@ -1,7 +1,7 @@
 """Cohort adaptation measured on the dev patients' folds (configs/adapt.yaml; docs/RESULTS.md, "Cohort adaptation").
 
     python scripts/adapt_experiment.py --run RUN/dadr --model unet_ct_synth --out OUT [--variants clean,dark_liver] \\
-        [--max_minutes 10] [--max_epochs N] [--source False] [--fallback unet_ct_synth]
+        [--max_minutes 10] [--max_epochs N] [--source False] [--fallback unet_ct_synth] [--overrides "{'learning_rate': 1e-3}"]
 
 RUN is an experiment runner's folder of folds (``scripts/experiments.py ... --experiments dadr --stress True``):
 ``RUN/fold_k/datalist.json`` splits the MR into the fold's training patients (``target``, unlabelled) and its held-out
@@ -12,7 +12,7 @@ unadapted model are scored on those patients (the unsupervised-adaptation settin
 per patient, with the adaptation's wall time; with ``--fallback F`` (a runner model of each fold, e.g. ``unet_ct_synth``)
 also the unseen patients under every suite variant, by the model adapted to the clean images alone and as the first
 UNet of a fallback pair with F (``inference.yaml --adaptation fallback``); where adapt refuses (no case trusted) the model stays as it was and
-the row says so. ``--source True`` also trains on the datalist's labelled CT.
+the row says so. ``--source True`` also trains on the datalist's labelled CT; ``--overrides`` are more of adapt.yaml's values.
 Writes ``OUT/results.csv`` and ``OUT/results.md``; a finished step is not run again.
 """
 
@@ -28,7 +28,7 @@ import torch
 from bundle.atomic import atomic_outputs
 from bundle.cli import flag, run_cli
 from bundle.data.datalist import read_datalist
-from bundle.errors import DataError
+from bundle.errors import DataError, unwrap_data_error
 from bundle.folds import subject
 from bundle.pipeline import CONFIGS, run_bundle, run_evaluation
 from bundle.networks import join_fallback
@@ -90,7 +90,8 @@ def _suite_of_the_adapted(folds: list[Path], model: str, fallback: str, out: str
 
 
 def adapt_experiment(run: str, model: str, out: str, variants: str | tuple = ("clean", "dark_liver"), max_minutes: float = 10.0,
-                     source: bool = False, image_size: int = 128, max_epochs: int | None = None, fallback: str | None = None) -> None:
+                     source: bool = False, image_size: int = 128, max_epochs: int | None = None, fallback: str | None = None,
+                     overrides: dict | None = None) -> None:
     """Adapt each fold's MODEL to the fold's training MR (per variant) and score it against the unadapted model."""
     run, out, sizes = Path(run).expanduser(), Path(out).expanduser(), {"image_size": image_size}
     names = variants.split(",") if isinstance(variants, str) else list(variants)
@@ -119,9 +120,9 @@ def adapt_experiment(run: str, model: str, out: str, variants: str | tuple = ("c
                     run_bundle("adapt", config_file=str(CONFIGS / "adapt.yaml"), bundle_root=str(CONFIGS.parent), dataset_dir=str(cohort),
                                output_dir=str(adapted), model_path=str(weights), max_minutes=max_minutes,
                                **({} if max_epochs is None else {"max_epochs": int(max_epochs)}),
-                               datalist=str(fold / "datalist.json") if flag(source, "source") else None, **sizes)
-                except DataError as e:
-                    if "nothing to adapt on" not in str(e):
+                               datalist=str(fold / "datalist.json") if flag(source, "source") else None, **sizes, **(overrides or {}))
+                except Exception as e:  # MONAI's config evaluation wraps the DataError adapt raises
+                    if "nothing to adapt on" not in str(unwrap_data_error(e)):
                         raise
                     (base / "nothing_trusted").write_text(str(e))  # adapt refused: the model stays as it was
                 (base / "adapt_seconds").write_text(f"{time.perf_counter() - start:.1f}")
@@ -138,7 +139,7 @@ def adapt_experiment(run: str, model: str, out: str, variants: str | tuple = ("c
     writer.writeheader()
     writer.writerows(rows)
     lines = [f"Cohort adaptation of {model} ({run}), max {max_minutes} min, max_epochs {max_epochs or 'adapt.yaml'}, "
-             f"source CT: {flag(source, 'source')}; Dice mean (std)", "",
+             f"source CT: {flag(source, 'source')}, overrides: {overrides or {}}; Dice mean (std)", "",
              "| variant | setting | fold | unadapted | adapted | adapted - unadapted | adapt min |", "|---|---|---|---|---|---|---|"]
     for variant in names:
         for setting in ("adapted patients", "unseen patients"):

@@ -107,3 +107,12 @@ def test_cohort_slices_keep_the_ignored_voxels_and_add_the_source_ct_with_its_la
     assert both.counts["source_slices"] > 0 and len(both.tissues) == both.counts["source_slices"]
     batch = next(iter(torch.utils.data.DataLoader(both, batch_size=len(both))))  # CT (re-rendered) and MR items batch together
     assert set(batch) == {"image", "label"} and batch["image"].shape[0] == len(both)
+
+
+def test_a_cohort_of_one_adapts_on_the_spot(model, cohort, tmp_path):
+    """Test-time adaptation of one hard scan: a cohort of one volume with a time budget of its own."""
+    (cohort / "mr_001_t2_image.nii.gz").unlink()
+    run_bundle("adapt", config_file=str(ROOT / "configs/adapt.yaml"), bundle_root=str(ROOT), dataset_dir=str(cohort), output_dir=str(tmp_path / "one"),
+               model_path=str(model), max_minutes=2, max_epochs=1, iterations_per_epoch=2, **SIZES, **{"inference_overrides#quality": TRUST_ALL})
+    log = json.loads((tmp_path / "one/adapt.json").read_text())
+    assert log["trusted_cases"] == 1 and list(log["masks"]) == ["mr_000_t2_image"] and (tmp_path / "one/model.pt").is_file()

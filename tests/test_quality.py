@@ -14,7 +14,7 @@ import torch
 from monai.data import MetaTensor
 from PIL import Image
 
-from bundle.quality import QUALITY_FIELDS, CaseQualityd, KeepLargestComponentd, case_quality, quality_flags, write_summary
+from bundle.quality import QUALITY_FIELDS, CaseQualityd, KeepLargestComponentd, case_quality, flag_rates, quality_flags, write_summary
 from bundle.report import case_thumbnails, write_report
 
 AFFINE = np.diag([1.5, 1.5, 5.0, 1.0])  # 1.5 x 1.5 x 5 mm voxels (0.01125 mL), z towards the head
@@ -148,3 +148,12 @@ def test_report_lists_flagged_cases_first_and_opens_in_a_real_browser(tmp_path):
     subprocess.run([*common, "--window-size=1000,700", f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(float)
     assert pixels.std() > 10 and ((pixels[..., 0] > 200) & (pixels[..., 1] < 80)).sum() > 50  # text, images and the red outlines
+
+
+def test_flag_rates_count_the_failed_and_the_good_cases_flagged_and_a_fallback_as_flagged():
+    """The calibration's figures (scripts/calibrate_quality.py): failed cases caught, good ones flagged."""
+    good = {"liver_ml": 1500.0, "confidence": 0.95, "paths_dice": 0.8, "uncertainty": None, "touches_top": False, "touches_bottom": False}
+    rows = [good | {"dice": 0.9}, good | {"dice": 0.85, "touches_top": True}, good | {"dice": 0.3, "liver_ml": 200.0},
+            good | {"dice": 0.6, "fallback": True}, good | {"dice": 0.5, "paths_dice": 0.3}]
+    assert flag_rates(rows, fov_cut="none") == {"failed": 3, "failed_flagged": 2, "good": 2, "good_flagged": 0}
+    assert flag_rates(rows, fov_cut="top", min_paths_dice=0.6) == {"failed": 3, "failed_flagged": 3, "good": 2, "good_flagged": 1}
