@@ -8,8 +8,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PIP_ARGS ?=
 DEMO_OUT ?= demo_output
-# make test's pytest-xdist processes, 1 thread each (auto: one per core); on 2 cores 9.5 min against 14 min for
-# one process on 2 threads, the whole suite with the real data present (2026-12-06)
+# make test's pytest-xdist processes, 1 thread each (auto: one per core); on 2 cores 14.8 min with the real data
+# (2026-12-08; make test leaves out the tests marked slow, make test-all runs every test)
 TEST_WORKERS ?= auto
 REAL ?= ../shared/data/real
 REAL_OUT ?= data/real

@@ -1,12 +1,13 @@
 """Choose the quality flags' thresholds on scored predictions (bundle/quality.py, inference.yaml ``quality``).
 
     python scripts/calibrate_quality.py --metrics "RUN/dadr/fold_*/MODEL/test_mr*/metrics.json" [--metrics "..."] \\
-        [--liver_ml 700,3500] [--confidence 0,0.85,0.9] [--paths_dice 0,0.6,0.7] [--fov_cut none,top,both]
+        [--liver_ml 700,3500] [--confidence 0,0.85,0.9] [--paths_dice 0,0.6,0.7] [--fov_cut none,top,both] [--cases True]
 
 Reads every case (its Dice and quality numbers, as evaluation writes them into ``metrics.json``) of the files the
 globs match (comma-separated globs, or ``--metrics`` given several times) and prints, for each combination of
 thresholds, how many cases below Dice 0.70 are flagged and how many from 0.80 are (false alarms): the table of
-docs/RESULTS.md, "Quality control". Labels are read only through the Dice evaluation already computed.
+docs/RESULTS.md, "Quality control". ``--cases True`` also prints every case (its folder, Dice, numbers and the flags
+under the first value of each threshold list). Labels are read only through the Dice evaluation already computed.
 """
 
 import glob
@@ -14,9 +15,9 @@ import itertools
 import json
 from pathlib import Path
 
-from bundle.cli import run_cli
+from bundle.cli import flag, run_cli
 from bundle.errors import DataError
-from bundle.quality import QUALITY_FIELDS, flag_rates
+from bundle.quality import QUALITY_FIELDS, flag_rates, quality_flags
 
 
 def _values(text) -> list:
@@ -25,7 +26,7 @@ def _values(text) -> list:
 
 
 def calibrate(metrics: str | list, liver_ml: str | tuple = (700, 3500), confidence: str | tuple = (0, 0.8, 0.85, 0.9),
-              paths_dice: str | tuple = (0, 0.6, 0.7, 0.75), fov_cut: str | tuple = ("none", "top", "both")) -> None:
+              paths_dice: str | tuple = (0, 0.6, 0.7, 0.75), fov_cut: str | tuple = ("none", "top", "both"), cases: bool = False) -> None:
     """Print the flags' separation of failed (Dice < 0.70) and good (Dice >= 0.80) cases for every combination."""
     patterns = [p for item in (metrics if isinstance(metrics, (list, tuple)) else [metrics]) for p in str(item).split(",") if p]
     files = sorted({f for p in patterns for f in glob.glob(str(Path(p).expanduser()))})
@@ -42,6 +43,17 @@ def calibrate(metrics: str | list, liver_ml: str | tuple = (700, 3500), confiden
     for c, p, f in itertools.product(_values(confidence), _values(paths_dice), _values(fov_cut)):
         rates = flag_rates(rows, liver_ml=(low, high), min_confidence=c, min_paths_dice=p, fov_cut=f)
         print(f"| {c} | {p} | {f} | {rates['failed_flagged']} of {rates['failed']} | {rates['good_flagged']} of {rates['good']} |")
+    if flag(cases, "cases"):
+        chosen = {"liver_ml": (low, high), "min_confidence": _values(confidence)[0], "min_paths_dice": _values(paths_dice)[0],
+                  "fov_cut": _values(fov_cut)[0]}
+        print(f"\nEvery case, flags under {chosen}:\n\n| folder | case | Dice | liver mL | confidence | paths Dice | top / bottom | fallback | flags |"
+              "\n|---|---|---|---|---|---|---|---|---|")
+        for r in sorted(rows, key=lambda r: (r["source"], r["subject"])):
+            flags = [f.split(":", 1)[0] for f in quality_flags(r, **chosen)] + (["fallback"] if r.get("fallback") else [])
+            folder = Path(r["source"]).parent
+            print(f"| {folder.parent.name}/{folder.name} | {r['subject']} | {r['dice']:.3f} | {r['liver_ml']:.0f} | {r['confidence']:.3f} | "
+                  f"{'-' if r.get('paths_dice') is None else format(r['paths_dice'], '.2f')} | {int(r['touches_top'])} / {int(r['touches_bottom'])} | "
+                  f"{'yes' if r.get('fallback') else ''} | {', '.join(flags)} |")
 
 
 if __name__ == "__main__":

@@ -362,23 +362,25 @@ def test_ship_weights_halves_both_files_all_or_nothing(weights, tmp_path):
 
 def test_shipped_model_fits_the_inference_config():
     """models/model.pt loads strictly into inference.yaml's network as a user runs it: --adaptation
-    auto builds the dual path the weights record; models/drl.pth is the whole DRLModule whose
-    content path model.pt holds, and it fits --adaptation dadr."""
+    auto builds the fallback pair the weights record (two UNets on the image; MONAI Label's /train
+    starts from the first); models/drl.pth is a whole DRLModule that fits --adaptation dadr."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(str(ROOT / "configs/inference.yaml"))
     parser["device"] = "$torch.device('cpu')"
-    assert parser.get_parsed_content("built_adaptation") == "dual"
+    assert parser.get_parsed_content("built_adaptation") == "fallback"
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(torch.load(ROOT / "models/model.pt", map_location="cpu", weights_only=True))  # strict
     x = torch.rand(1, 1, parser["image_size"], parser["image_size"]) * 2 - 1
     with torch.no_grad():
-        assert network.eval()(x).shape == (1, 2, parser["image_size"], parser["image_size"])
+        logits, _, paths = network.eval().segment_with_content(x)
+        assert torch.allclose(network(x), logits, atol=1e-5)  # forward (training, MONAI Label's /train) runs the first UNet alone
+    assert logits.shape == (1, 2, parser["image_size"], parser["image_size"]) and paths.shape == (1, 2, *x.shape[-2:])
+    assert not torch.equal(network.unet.state_dict()["model.0.conv.unit0.conv.weight"],
+                           network.image_unet.state_dict()["model.0.conv.unit0.conv.weight"])  # two UNets, not one twice
     parser["adaptation"] = "dadr"
     dadr_network = load_drl_weights(parser.get_parsed_content("network_def", instantiate=True, lazy=False), ROOT / "models/drl.pth")
-    for key, value in dadr_network.content_path.state_dict().items():  # the same stage 1 in both files
-        assert torch.equal(value, network.content_path.state_dict()[key]), key
     with torch.no_grad():  # a content-only image, not the input passed through
         content = dadr_network.eval().segment_with_content(x)[1]
     assert content.shape == x.shape and torch.isfinite(content).all() and not torch.allclose(content, x, atol=0.1)
@@ -429,7 +431,7 @@ def test_inference_cli_ends_bad_input_with_one_line_and_exit_code_2(phantoms, we
     assert "Traceback" in open(log).read()
     for extra, problem in ((["--device", "cuda:0"], "error: --device: cuda:0 was asked for, but CUDA is not available"),
                            (["--amp", "float16"], "error: --amp: must be one of None, bfloat16, got 'float16'"),
-                           (["--adaptation", "cyclegan"], "error: --adaptation: must be one of auto, none, dadr, dual, got 'cyclegan'")):
+                           (["--adaptation", "cyclegan"], "error: --adaptation: must be one of auto, none, dadr, dual, fallback, got 'cyclegan'")):
         if extra[0] == "--device" and torch.cuda.is_available():
             continue
         result = run_inference(inputs, tmp_path / "out3", weights / "model.pt", *extra)
@@ -601,7 +603,7 @@ def test_torchrun_splits_the_cases_between_ranks_and_reports_once(phantoms, weig
     for text in ("bad_corrupt.nii.gz: cannot be read", "1 of 5 cases failed", "4 of 5 cases segmented"):
         assert ranks_log.count(text) == single_log.count(text) >= 1, (text, ranks_log[-3000:])
     outputs = sorted(p.name for p in (tmp_path / "single").iterdir())
-    assert outputs == sorted(p.name for p in (tmp_path / "ranks").iterdir()) and len(outputs) == 8
+    assert outputs == sorted(p.name for p in (tmp_path / "ranks").iterdir()) and len(outputs) == 10 and {'summary.csv', 'report.html'} <= set(outputs)
     for name in outputs:
         if name.endswith("_liver.nii.gz"):
             a, b = (np.asarray(nib.load(tmp_path / run / name).dataobj) for run in ("single", "ranks"))
@@ -660,18 +662,15 @@ def test_fallback_pair_gives_the_first_unets_mask_unless_its_quality_checks_fail
     assert recorded_adaptation(tmp_path / "pair.pt") == "fallback"
     with pytest.raises(DataError, match="not a single UNet on the images"):
         join_fallback(tmp_path / "pair.pt", second)
-    sizes = ["--unet_channels", "[8, 16, 32, 64, 128]", "--image_size", "64"]
     folder = tmp_path / "in"
     folder.mkdir()
     shutil.copy(phantoms / "mr/mr_000_t1_pre_image.nii.gz", folder)
     masks = {}
-    for name, model, quality in (("first", first, "{'liver_ml': [0, 1e9]}"), ("second", second, "{'liver_ml': [0, 1e9]}"),
-                                 ("pair_kept", tmp_path / "pair.pt", "{'liver_ml': [0, 1e9]}"),
-                                 ("pair_fell_back", tmp_path / "pair.pt", "{'liver_ml': [1e8, 1e9]}")):
-        args = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.yaml", "--dataset_dir", str(folder),
-                "--output_dir", str(tmp_path / name), "--model_path", str(model), "--quality", quality, *sizes]
-        result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        assert result.returncode == 0, result.stderr[-2000:]
+    for name, model, liver_ml in (("first", first, [0, 1e9]), ("second", second, [0, 1e9]), ("pair_kept", tmp_path / "pair.pt", [0, 1e9]),
+                                  ("pair_fell_back", tmp_path / "pair.pt", [1e8, 1e9])):
+        run_bundle("inference", config_file=str(ROOT / "configs/inference.yaml"), bundle_root=str(ROOT), dataset_dir=str(folder),
+                   output_dir=str(tmp_path / name), model_path=str(model), quality={"liver_ml": liver_ml}, unet_channels=[8, 16, 32, 64, 128],
+                   image_size=64)  # in-process: the CLI's own path is tested above
         masks[name] = np.asarray(nib.load(tmp_path / name / "mr_000_t1_pre_image_liver.nii.gz").dataobj)
         with open(tmp_path / name / "summary.csv") as f:
             masks[name + "_row"] = next(csv.DictReader(f))

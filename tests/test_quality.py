@@ -16,6 +16,7 @@ from PIL import Image
 
 from bundle.quality import QUALITY_FIELDS, CaseQualityd, KeepLargestComponentd, case_quality, flag_rates, quality_flags, write_summary
 from bundle.report import case_thumbnails, write_report
+from conftest import ROOT
 
 AFFINE = np.diag([1.5, 1.5, 5.0, 1.0])  # 1.5 x 1.5 x 5 mm voxels (0.01125 mL), z towards the head
 THRESHOLDS = dict(liver_ml=(700, 3500), min_confidence=0.8, min_paths_dice=0.6, max_uncertainty=2.0)
@@ -157,3 +158,22 @@ def test_flag_rates_count_the_failed_and_the_good_cases_flagged_and_a_fallback_a
             good | {"dice": 0.6, "fallback": True}, good | {"dice": 0.5, "paths_dice": 0.3}]
     assert flag_rates(rows, fov_cut="none") == {"failed": 3, "failed_flagged": 2, "good": 2, "good_flagged": 0}
     assert flag_rates(rows, fov_cut="top", min_paths_dice=0.6) == {"failed": 3, "failed_flagged": 3, "good": 2, "good_flagged": 1}
+
+
+def test_calibration_script_prints_the_rates_and_every_case_with_its_flags(tmp_path, capsys):
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("calibrate_quality", ROOT / "scripts/calibrate_quality.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    numbers = {"confidence": 0.95, "paths_dice": 0.8, "uncertainty": None, "touches_top": False, "touches_bottom": False, "fallback": False}
+    subjects = [numbers | {"subject": "good", "dice": 0.9, "liver_ml": 1500.0}, numbers | {"subject": "tiny", "dice": 0.2, "liver_ml": 90.0},
+                numbers | {"subject": "fell_back", "dice": 0.6, "liver_ml": 1200.0, "fallback": True}]
+    (tmp_path / "variant").mkdir()
+    (tmp_path / "variant/metrics.json").write_text(json.dumps({"subjects": subjects}))
+    script.calibrate(str(tmp_path / "*/metrics.json"), confidence="0", paths_dice="0.6", fov_cut="both", cases=True)
+    out = capsys.readouterr().out
+    assert "| 0.0 | 0.6 | both | 2 of 2 | 0 of 1 |" in out
+    rows = {line.split(" | ")[1]: line for line in out.splitlines() if line.startswith(f"| {tmp_path.name}/variant |")}
+    assert rows["good"].endswith("|  |  |") and "implausible_volume" in rows["tiny"] and rows["fell_back"].endswith("| yes | fallback |")

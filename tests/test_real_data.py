@@ -30,7 +30,7 @@ MR_CASES = [f"chaos_mr_t2_{i}" for i in MR_IDS]
 WHOLE_LIVER = {"chaos_ct_1", "totalseg_ct", *SABS_CASES, *MR_CASES}  # scans that cover the whole liver
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker: make test puts every real-data test on one (xdist_group)
 def prepared(tmp_path_factory):
     out = tmp_path_factory.mktemp("real")
     result = subprocess.run(["bash", "scripts/prepare_real.sh", str(REAL), str(out)], cwd=ROOT, capture_output=True, text=True,
